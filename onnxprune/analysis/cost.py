@@ -1,0 +1,44 @@
+"""Parameters and multiply-accumulates (MACs) per node, from static shapes (batch counted as 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import GraphIndex, attributes
+
+
+def _per_sample(shape) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else 1 for d in shape)
+
+
+def node_macs(index: GraphIndex, node) -> int:
+    """MACs of one sample through `node` (0 for ops without weights)."""
+    out_shape = index.shape(node.output[0]) if node.output else None
+    if out_shape is None:
+        return 0
+    out = _per_sample(out_shape)
+    if node.op_type in ("Conv", "ConvTranspose"):
+        weight = index.shape(node.input[1])
+        if weight is None:
+            return 0
+        spatial = int(np.prod(out[2:], dtype=np.int64))
+        if node.op_type == "Conv":
+            return int(out[1]) * spatial * int(np.prod(weight[1:], dtype=np.int64))
+        in_shape = index.shape(node.input[0])
+        in_spatial = int(np.prod(_per_sample(in_shape)[2:], dtype=np.int64)) if in_shape else spatial
+        return int(np.prod(weight, dtype=np.int64)) * in_spatial
+    if node.op_type in ("Gemm", "MatMul"):
+        weight = index.shape(node.input[1])
+        if weight is None or len(weight) < 2:
+            return 0
+        if node.op_type == "Gemm":
+            k = weight[1] if attributes(node).get("transB", 0) else weight[0]
+        else:
+            k = weight[-2]
+        rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
+        return rows * int(out[-1]) * int(k if isinstance(k, int) else 1)
+    return 0
+
+
+def model_macs(index: GraphIndex) -> int:
+    return sum(node_macs(index, node) for node in index.nodes)

@@ -1,0 +1,90 @@
+"""Rules for ops that act position by position: unary activations, broadcasting joins, and
+per-channel normalizations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import Propagation
+from .labels import Unsupported, along, varying_axes, with_rank
+
+
+def transparent(p: Propagation, node, attrs, opset) -> None:
+    """Outputs carry input 0's labels (a Dropout mask too); other inputs are scalar parameters that
+    must not carry channels (Relu, Sigmoid, Clip with bounds, Dropout, Cast, Identity, ...)."""
+    for name in node.input[1:]:
+        if p.get(name) is not None:
+            raise Unsupported(f"parameter input '{name}' carries channels")
+    ids = p.get(node.input[0])
+    for out in node.output:
+        p.set(out, ids)
+
+
+def join(p: Propagation, node, attrs, opset) -> None:
+    """Broadcasting n-ary ops (Add, Sub, Mul, Div, Max, Min, Pow, PRelu, Where, comparisons).
+
+    Labeled inputs are unified position by position; a constant of full size on a labeled axis is
+    sliced with it; a run-time tensor of full size on a labeled axis freezes those channels.
+    """
+    inputs = [name for name in node.input if name]
+    if not any(p.get(name) is not None for name in inputs):
+        return
+    rank = max(p.rank(name) for name in inputs)
+    reason = f"{node.op_type} '{node.name}' joins channels with positions that cannot be removed"
+    joined = None
+    for name in inputs:
+        ids = p.get(name)
+        if ids is not None:
+            ids = with_rank(ids, rank)
+            joined = ids if joined is None else p.unify(joined, ids, reason)
+    for slot, name in enumerate(node.input):
+        if name and p.get(name) is None:
+            joined = _join_unlabeled(p, node, slot, name, joined, rank, reason)
+    p.set(node.output[0], joined)
+
+
+def _join_unlabeled(p: Propagation, node, slot: int, name: str, joined: np.ndarray, rank: int, reason: str):
+    shape = p.index.shape(name)
+    if shape is None:
+        raise Unsupported(f"the shape of input '{name}' is unknown")
+    aligned = (1,) * (rank - len(shape)) + tuple(shape)
+    offset = rank - len(shape)
+    for axis in varying_axes(joined):
+        size = aligned[axis]
+        if size == 1:
+            continue
+        if p.index.is_constant(name) and size == joined.shape[axis]:
+            p.label_const(name, axis - offset, along(joined, axis), node, slot)
+        else:
+            line = along(joined, axis) if len(varying_axes(joined)) == 1 else joined
+            p.freeze(line, reason)
+    if not varying_axes(joined) and any(isinstance(d, int) and d > 1 for d in aligned):
+        # labels broadcast over every axis: only a tensor that is broadcast too may join them
+        if not p.index.is_constant(name):
+            p.freeze(joined, reason)
+    return joined
+
+
+def channel_norm(p: Propagation, node, attrs, opset) -> None:
+    """BatchNormalization / InstanceNormalization: per-channel parameters (inputs 1..) on axis 1."""
+    ids = p.get(node.input[0])
+    if ids is None:
+        return
+    if len(node.output) > 1 and any(node.output[1:]):
+        raise Unsupported("training-mode outputs (running statistics) are used")
+    if node.op_type == "InstanceNormalization" and any(a >= 2 for a in varying_axes(ids)):
+        raise Unsupported("channels on a normalized (spatial) axis")
+    if ids.ndim > 1 and ids.shape[1] > 1:
+        line = along(ids, 1) if node.op_type == "InstanceNormalization" else _channel_line(ids)
+        for slot, name in enumerate(node.input[1:], start=1):
+            if not p.index.is_constant(name):
+                raise Unsupported(f"parameter '{name}' is not a constant")
+            p.label_const(name, 0, line, node, slot)
+    p.set(node.output[0], ids)
+
+
+def _channel_line(ids: np.ndarray) -> np.ndarray:
+    others = [a for a in varying_axes(ids) if a != 1]
+    if others:
+        raise Unsupported(f"labels vary along axes {others} besides the channel axis")
+    return along(ids, 1)

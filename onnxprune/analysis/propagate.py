@@ -1,0 +1,98 @@
+"""Run the op rules over the graph in topological order and apply the global blockers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph import GraphIndex, attributes, opset_version
+from .context import Propagation
+from .labels import Unsupported
+from .ops import PRODUCERS, RULES
+from .rewrites import DimEntry
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def propagate(index: GraphIndex) -> Propagation:
+    """Label every tensor with channel atoms, unify coupled atoms and freeze blocked ones."""
+    p = Propagation(index)
+    opset = opset_version(index.model)
+    for node in index.nodes:
+        if not _touches_channels(p, node):
+            continue
+        rule = RULES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS and not _has_subgraph(node) else None
+        if rule is None:
+            what = "has a subgraph" if _has_subgraph(node) else "has no rule"
+            p.freeze_inputs(node, f"{node.op_type} '{node.name}' {what}")
+            continue
+        try:
+            rule(p, node, attributes(node), opset)
+        except Unsupported as exc:
+            p.freeze_inputs(node, f"{node.op_type} '{node.name}': {exc}")
+            for out in node.output:
+                p.labels.pop(out, None)
+    _freeze_subgraph_reads(p)
+    _freeze_graph_outputs(p)
+    _freeze_shared_constants(p)
+    _freeze_conflicting_shape_entries(p)
+    return p
+
+
+def _touches_channels(p: Propagation, node: onnx.NodeProto) -> bool:
+    if node.op_type in PRODUCERS:
+        return True
+    return any(p.get(name) is not None for name in node.input)
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _subgraph_names(graph: onnx.GraphProto, found: set[str]) -> None:
+    for node in graph.node:
+        found.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _subgraph_names(sub, found)
+
+
+def _freeze_subgraph_reads(p: Propagation) -> None:
+    names: set[str] = set()
+    for node in p.index.nodes:
+        if _has_subgraph(node):
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    _subgraph_names(sub, names)
+    for name in names:
+        p.freeze(p.get(name), f"'{name}' is read inside a subgraph (If/Loop/Scan)")
+        if name in p.const_labels:
+            p.freeze(np.concatenate(list(p.const_labels[name].values())), f"'{name}' is read inside a subgraph")
+
+
+def _freeze_graph_outputs(p: Propagation) -> None:
+    for name in p.index.output_names:
+        p.freeze(p.get(name), f"reaches graph output '{name}'")
+
+
+def _freeze_shared_constants(p: Propagation) -> None:
+    """A constant sliced with channels must not be read by any node that does not slice it too."""
+    for name, uses in p.const_uses.items():
+        readers = {(p.index.nodes[i].name, slot) for i, slot in p.index.consumers.get(name, [])}
+        others = sorted(readers - uses)
+        if others or name in p.index.output_names:
+            where = f"node '{others[0][0]}'" if others else "a graph output"
+            labels = np.concatenate(list(p.const_labels[name].values()))
+            p.freeze(labels, f"initializer '{name}' is also read by {where}, which cannot slice it")
+
+
+def _freeze_conflicting_shape_entries(p: Propagation) -> None:
+    """One constant shape entry cannot take two different new sizes."""
+    by_entry: dict[tuple[str, int], list[DimEntry]] = {}
+    for record in p.rewrites:
+        if isinstance(record, DimEntry) and record.slot < 0:
+            by_entry.setdefault((record.constant, record.entry), []).append(record)
+    for (constant, entry), records in by_entry.items():
+        if len({(r.tensor, r.axis) for r in records}) > 1:
+            for r in records:
+                p.freeze(p.get(r.tensor), f"shape constant '{constant}'[{entry}] sizes several tensors")

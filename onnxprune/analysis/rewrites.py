@@ -1,0 +1,60 @@
+"""Records of the non-weight edits a shrink must make: shape constants and attributes that count
+channels. Rules create them during analysis; the shrink pass applies them.
+
+Each record names a tensor axis whose new size decides the edit; the shrink computes that size from
+the tensor's labels and the kept channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """Base of all rewrite records: the node they edit."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class DimEntry(Rewrite):
+    """Entry `entry` of the integer constant `constant` (input `slot` of `node`) must equal the new
+    size of `axis` of `tensor` (Reshape targets, Resize sizes, Expand shapes)."""
+
+    slot: int
+    constant: str
+    entry: int
+    tensor: str
+    axis: int
+
+
+@dataclass(frozen=True)
+class SplitSizes(Rewrite):
+    """Split `node` along `axis`: its sizes become the new sizes of its outputs on that axis."""
+
+    axis: int
+
+
+@dataclass(frozen=True)
+class SliceRange(Rewrite):
+    """Slice `node` on `axis` of `tensor` (its data input): starts/ends map to kept positions."""
+
+    axis: int
+    tensor: str
+
+
+@dataclass(frozen=True)
+class GatherIndices(Rewrite):
+    """Gather `node` on `axis` of `tensor`: constant indices map to kept positions."""
+
+    axis: int
+    tensor: str
+
+
+@dataclass(frozen=True)
+class ConvGroups(Rewrite):
+    """Grouped Conv `node`: `group` shrinks with the whole groups removed from `weight` axis 0."""
+
+    weight: str
+    groups: int

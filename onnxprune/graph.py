@@ -1,0 +1,152 @@
+"""A read-only index over an ONNX graph: who produces and who consumes each tensor, constant values,
+and static shapes from ONNX shape inference.
+
+Maps are keyed by tensor name (strings). Constant values are read-only numpy views of the initializers;
+code that changes a weight assigns a new array, never writes into one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .io import tensor_array
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+#: initializers with more elements than this are replaced by typed graph inputs before shape
+#: inference, so inference never copies the weights (they only need their dims).
+_SMALL_CONSTANT = 64
+
+
+@dataclass
+class GraphIndex:
+    """Producer, consumers, constants and shapes of the main graph of `model`."""
+
+    model: onnx.ModelProto
+    producer: dict[str, int] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto) -> GraphIndex:
+        index = cls(model=model)
+        graph = model.graph
+        index.initializers = {t.name: t for t in graph.initializer}
+        for position, node in enumerate(graph.node):
+            for slot, name in enumerate(node.input):
+                if name:
+                    index.consumers.setdefault(name, []).append((position, slot))
+            for name in node.output:
+                if name:
+                    index.producer[name] = position
+        index.shapes, index.dtypes = infer_shapes(model)
+        for name, tensor in index.initializers.items():
+            index.shapes[name] = tuple(int(d) for d in tensor.dims)
+            index.dtypes[name] = tensor.data_type
+        return index
+
+    @property
+    def nodes(self):
+        return self.model.graph.node
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.model.graph.output]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.model.graph.input]
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of `name` if it is an initializer, else None."""
+        if name not in self.initializers:
+            return None
+        if name not in self._arrays:
+            self._arrays[name] = tensor_array(self.initializers[name])
+        return self._arrays[name]
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers
+
+    def shape(self, name: str) -> Shape | None:
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def static_dims(self, name: str) -> tuple[int, ...] | None:
+        """The shape of `name` if every dim is a known integer."""
+        shape = self.shapes.get(name)
+        if shape is None or any(not isinstance(d, int) for d in shape):
+            return None
+        return shape  # type: ignore[return-value]
+
+    def node_consumers(self, name: str) -> list[onnx.NodeProto]:
+        return [self.nodes[i] for i, _ in self.consumers.get(name, [])]
+
+    def node_producer(self, name: str) -> onnx.NodeProto | None:
+        position = self.producer.get(name)
+        return None if position is None else self.nodes[position]
+
+
+def infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Static shapes and element types of every tensor ONNX shape inference can type.
+
+    Large initializers travel as typed graph inputs, so inference costs no copy of the weights.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) <= _SMALL_CONSTANT:
+            graph.initializer.append(tensor)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except Exception:
+        inferred = skeleton
+    shapes: dict[str, Shape] = {}
+    dtypes: dict[str, int] = {}
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    for info in values:
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type"):
+            continue
+        dtypes[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            shapes[info.name] = tuple(_dim(d) for d in tensor_type.shape.dim)
+    return shapes, dtypes
+
+
+def _dim(dim) -> Dim:
+    if dim.HasField("dim_value"):
+        return int(dim.dim_value)
+    if dim.HasField("dim_param"):
+        return dim.dim_param
+    return None
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as plain Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for opset in model.opset_import:
+        if opset.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return int(opset.version)
+    return 1

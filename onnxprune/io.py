@@ -1,0 +1,291 @@
+"""Reading and writing ONNX models.
+
+`load_model` accepts what real exporters write: weights as initializers or as Constant nodes (lifted to
+initializers), initializers duplicated in graph.input (removed from the inputs), external data files,
+and unnamed nodes (given stable names). `save_model` writes atomically: a temporary file beside the
+target, renamed over it only once complete, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelLoadError, OptionError
+
+TWO_GB = 2**31 - 1
+#: metadata key under which load_model records the size of the source file(s); removed before saving.
+SOURCE_BYTES_KEY = "onnxprune.source_bytes"
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """Sizes of a model on disk and in parameters."""
+
+    path: str
+    file_bytes: int
+    params: int
+
+
+def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
+    """Load `path` with its external data, lift Constant weights, and check it.
+
+    Raises ModelLoadError with one explanatory line for anything the user can fix.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file; pass the .onnx file inside it")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning subclasses, ValueError...
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is truncated or of another "
+            "format: re-export it with torch.onnx.export / paddle2onnx / tf2onnx"
+        ) from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelLoadError(f"{path}: parses but holds no graph nodes; the file is not an ONNX model")
+    locations = external_locations(model)
+    _load_external(model, path)
+    model.metadata_props.add(key=SOURCE_BYTES_KEY, value=str(file_bytes(path, locations)))
+    normalize_model(model)
+    if check:
+        check_model(model, where=str(path))
+    return model
+
+
+def _load_external(model: onnx.ModelProto, path: Path) -> None:
+    base = path.parent
+    for tensor in _all_external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location is None or not (base / location).exists():
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' is stored in external file '{location}', which is missing; "
+                f"put it beside the model in {base}"
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: external data cannot be read ({exc}); re-export the model") from None
+
+
+def _all_external_tensors(model: onnx.ModelProto):
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """Run the ONNX checker (full check with shape inference where the model fits in 2 GB)."""
+    try:
+        if model.ByteSize() < TWO_GB:
+            onnx.checker.check_model(model, full_check=False)
+        else:
+            _check_large(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
+        raise ModelLoadError(
+            f"{where}: fails the ONNX checker: {first}; fix or re-export the model "
+            "(onnx.checker.check_model shows the details)"
+        ) from None
+
+
+def _check_large(model: onnx.ModelProto) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "m.onnx"
+        onnx.save_model(model, str(target), save_as_external_data=True, location="m.data")
+        onnx.checker.check_model(str(target))
+
+
+def normalize_model(model: onnx.ModelProto) -> None:
+    """Rewrite harmless exporter variations into one canonical form, in place.
+
+    - Constant nodes holding tensors become initializers (Paddle and some TF exports).
+    - Initializers repeated in graph.input (IR < 4 exporters) are removed from the inputs.
+    - Unnamed or duplicate-named nodes get unique names.
+    """
+    _lift_constants(model.graph)
+    init_names = {t.name for t in model.graph.initializer}
+    keep_inputs = [i for i in model.graph.input if i.name not in init_names]
+    if len(keep_inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep_inputs)
+    _name_nodes(model.graph)
+
+
+def _lift_constants(graph: onnx.GraphProto) -> None:
+    kept = []
+    lifted = []
+    for node in graph.node:
+        tensor = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if tensor is None:
+            kept.append(node)
+        else:
+            lifted.append(tensor)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(lifted)
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    name = node.output[0]
+    for attr in node.attribute:
+        if attr.name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attr.t)
+            tensor.name = name
+            return tensor
+        if attr.name in ("value_float", "value_int"):
+            value = attr.f if attr.name == "value_float" else attr.i
+            dtype = np.float32 if attr.name == "value_float" else np.int64
+            return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+        if attr.name in ("value_floats", "value_ints"):
+            values = attr.floats if attr.name == "value_floats" else attr.ints
+            dtype = np.float32 if attr.name == "value_floats" else np.int64
+            return numpy_helper.from_array(np.array(list(values), dtype=dtype), name)
+    return None  # sparse_value / strings: leave the node alone
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of an initializer; a read-only view (no copy) when stored as little-endian raw data."""
+    if tensor.raw_data and tensor.data_type in _RAW_DTYPES and np.little_endian:
+        array = np.frombuffer(tensor.raw_data, dtype=_RAW_DTYPES[tensor.data_type])
+        return array.reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
+
+
+_RAW_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def make_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
+    """An initializer holding `array` (raw little-endian data)."""
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of floating-point initializer elements (the usual meaning of 'parameters')."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type in floats:
+            total += int(np.prod(tensor.dims, dtype=np.int64))
+    for sparse in model.graph.sparse_initializer:
+        total += int(np.prod(sparse.values.dims, dtype=np.int64))
+    return total
+
+
+def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+    """Refuse to write over the input model; the parent folder must exist."""
+    src, dst = Path(input_path).resolve(), Path(output_path).resolve()
+    if src == dst or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise OptionError(f"{output_path}: output path equals the input model; choose another output file")
+    if not dst.parent.exists():
+        raise OptionError(f"{output_path}: folder {dst.parent} does not exist; create it first")
+    return dst
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write `model` atomically and return the bytes written (model plus external data).
+
+    The IR version and opsets are written as they are in `model` (the input's, so the runtime that ran
+    the input runs the output). Models above 2 GB go to external data in '<name>.data' beside the file.
+    """
+    path = Path(path)
+    strip_internal_metadata(model)
+    large = model.ByteSize() >= TWO_GB
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    data_name = f"{path.name}.data"
+    tmp_data = directory / f".{data_name}.tmp"
+    try:
+        if large:
+            onnx.save_model(
+                model,
+                str(tmp),
+                save_as_external_data=True,
+                location=tmp_data.name,
+                all_tensors_to_one_file=True,
+                size_threshold=1024,
+            )
+            _relocate_external(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, directory / data_name)
+        else:
+            with open(tmp, "wb") as handle:
+                handle.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp_data):
+            if leftover.exists():
+                leftover.unlink()
+        raise
+    written = path.stat().st_size
+    if large:
+        written += (directory / data_name).stat().st_size
+    return written
+
+
+def _relocate_external(model_path: Path, old_location: str, new_location: str) -> None:
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old_location:
+                entry.value = new_location
+    with open(model_path, "wb") as handle:
+        handle.write(model.SerializeToString())
+
+
+def file_bytes(path: str | os.PathLike, external_locations: tuple[str, ...] = ()) -> int:
+    """Size of a model file plus the external data files it uses."""
+    path = Path(path)
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in set(external_locations))
+
+
+def external_locations(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The external data files a model (loaded without its external data) refers to."""
+    return tuple(
+        sorted({e.value for t in _all_external_tensors(model) for e in t.external_data if e.key == "location"})
+    )
+
+
+def source_bytes(model: onnx.ModelProto) -> int | None:
+    """Bytes of the file(s) `model` was loaded from, as recorded by load_model."""
+    for prop in model.metadata_props:
+        if prop.key == SOURCE_BYTES_KEY:
+            return int(prop.value)
+    return None
+
+
+def strip_internal_metadata(model: onnx.ModelProto) -> None:
+    kept = [p for p in model.metadata_props if p.key != SOURCE_BYTES_KEY]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)

@@ -1,0 +1,212 @@
+"""Physically remove channels: slice every coupled initializer and fix every shape that counts them.
+
+Given an Analysis and a PruningPlan, each initializer labeled with channels is first replaced by the
+plan's update (if any) and then sliced, on each labeled axis, to the positions whose channel is kept.
+The rewrite records of the analysis then fix Reshape/Expand/Resize shape entries, Split sizes, Slice
+ranges, Gather indices and grouped-Conv `group` attributes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..analysis import Analysis
+from ..analysis.rewrites import ConvGroups, DimEntry, GatherIndices, SliceRange, SplitSizes
+from ..graph import attributes, opset_version
+from ..io import make_tensor, tensor_array
+from ..plan import PruningPlan, check_plan
+from .base import Pass, PassResult
+
+
+def shrink_pass(analysis: Analysis, plan: PruningPlan) -> Pass:
+    return Pass("shrink", lambda model: PassResult(shrink(model, analysis, plan), True))
+
+
+def shrink(model: onnx.ModelProto, analysis: Analysis, plan: PruningPlan) -> onnx.ModelProto:
+    """Apply `plan` to `model` in place and return it."""
+    check_plan(plan, analysis)
+    removed = plan.removed_mask(analysis.num_channels)
+    sizes = _NewSizes(analysis, removed)
+    _slice_initializers(model, analysis, plan, removed)
+    editor = _Editor(model)
+    for record in analysis.rewrites:
+        _REWRITERS[type(record)](editor, record, sizes, analysis)
+    editor.commit()
+    del model.graph.value_info[:]
+    return model
+
+
+def _slice_initializers(model, analysis: Analysis, plan: PruningPlan, removed: np.ndarray) -> None:
+    for position, tensor in enumerate(model.graph.initializer):
+        name = tensor.name
+        update = plan.updates.get(name)
+        axes = analysis.const_labels.get(name)
+        if update is None and not axes:
+            continue
+        value = tensor_array(tensor) if update is None else np.asarray(update)
+        if update is not None and tuple(value.shape) != tuple(tensor.dims):
+            raise ValueError(f"update of '{name}' has shape {value.shape}, expected {tuple(tensor.dims)}")
+        for axis, line in (axes or {}).items():
+            keep = ~removed[line]
+            if not keep.all():
+                value = np.compress(keep, value, axis=axis)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        model.graph.initializer[position].CopyFrom(make_tensor(value.astype(dtype, copy=False), name))
+
+
+class _NewSizes:
+    """New size of a labeled tensor axis: positions whose channel is kept (or not prunable)."""
+
+    def __init__(self, analysis: Analysis, removed: np.ndarray) -> None:
+        self.analysis = analysis
+        self.removed = removed
+
+    def kept(self, tensor: str, axis: int) -> np.ndarray | None:
+        ids = self.analysis.tensor_labels.get(tensor)
+        if ids is None or ids.shape[axis] == 1:
+            return None
+        moved = np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1)
+        return ~(self.removed[moved] & (moved >= 0)).all(axis=1)
+
+    def size(self, tensor: str, axis: int) -> int:
+        kept = self.kept(tensor, axis)
+        dim = self.analysis.tensor_shapes[tensor][axis] if tensor in self.analysis.tensor_shapes else None
+        if kept is None:
+            ids = self.analysis.tensor_labels.get(tensor)
+            if ids is not None and (ids.reshape(-1)[:1] >= 0).all() and self.removed[ids.reshape(-1)[0]]:
+                return 0
+            return dim
+        return int(kept.sum())
+
+
+class _Editor:
+    """Edits of small integer constants and attributes; every edited constant gets a private copy
+    per node so a constant shared by several nodes is never changed under the others."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.private: dict[tuple[str, int], np.ndarray] = {}
+        self.in_place: dict[str, np.ndarray] = {}
+
+    def opset(self) -> int:
+        return opset_version(self.model)
+
+    def input_values(self, node_name: str, slot: int) -> np.ndarray:
+        key = (node_name, slot)
+        if key not in self.private:
+            name = self.nodes[node_name].input[slot]
+            self.private[key] = np.array(tensor_array(self.inits[name]))
+        return self.private[key]
+
+    def set_input(self, node_name: str, slot: int, values: np.ndarray) -> None:
+        self.private[(node_name, slot)] = np.asarray(values)
+
+    def constant(self, name: str) -> np.ndarray:
+        if name not in self.in_place:
+            self.in_place[name] = np.array(tensor_array(self.inits[name]))
+        return self.in_place[name]
+
+    def commit(self) -> None:
+        for (node_name, slot), values in self.private.items():
+            node = self.nodes[node_name]
+            new_name = f"{node.input[slot] or 'const'}__{node_name}_{slot}".replace("/", "_")
+            dtype = np.int64 if values.dtype.kind in "iu" else values.dtype
+            self.model.graph.initializer.append(make_tensor(values.astype(dtype), new_name))
+            node.input[slot] = new_name
+        for name, values in self.in_place.items():
+            tensor = self.inits[name]
+            tensor.CopyFrom(make_tensor(values.astype(tensor_array(tensor).dtype), name))
+
+
+def _dim_entry(editor: _Editor, record: DimEntry, sizes: _NewSizes, analysis) -> None:
+    value = sizes.size(record.tensor, record.axis)
+    if record.slot >= 0:
+        values = editor.input_values(record.node, record.slot)
+    else:
+        values = editor.constant(record.constant)
+    flat = values.reshape(-1)
+    flat[record.entry] = value
+
+
+def _split_sizes(editor: _Editor, record: SplitSizes, sizes: _NewSizes, analysis) -> None:
+    node = editor.nodes[record.node]
+    new = np.array([sizes.size(out, record.axis) for out in node.output], dtype=np.int64)
+    if editor.opset() >= 13:
+        if len(node.input) < 2:
+            node.input.append("")
+        editor.set_input(record.node, 1, new)
+        _drop_attribute(node, "num_outputs")
+    else:
+        _set_ints_attribute(node, "split", new.tolist())
+
+
+def _slice_range(editor: _Editor, record: SliceRange, sizes: _NewSizes, analysis) -> None:
+    node = editor.nodes[record.node]
+    kept = sizes.kept(record.tensor, record.axis)
+    if kept is None:
+        return
+    dim = len(kept)
+    prefix = np.concatenate([[0], np.cumsum(kept)])
+    attrs = attributes(node)
+    if editor.opset() < 10:
+        axes = list(attrs.get("axes", range(len(attrs["starts"]))))
+        starts, ends = list(attrs["starts"]), list(attrs["ends"])
+    else:
+        starts = editor.input_values(record.node, 1).reshape(-1)
+        ends = editor.input_values(record.node, 2).reshape(-1)
+        has_axes = len(node.input) > 3 and node.input[3]
+        axes = editor.input_values(record.node, 3).reshape(-1).tolist() if has_axes else list(range(len(starts)))
+    rank = len(analysis.tensor_labels[record.tensor].shape)
+    entry = [a + rank if a < 0 else a for a in axes].index(record.axis)
+    start, end, _ = slice(int(starts[entry]), int(ends[entry])).indices(dim)
+    starts[entry], ends[entry] = prefix[start], prefix[max(start, end)]
+    if editor.opset() < 10:
+        _set_ints_attribute(node, "starts", [int(s) for s in starts])
+        _set_ints_attribute(node, "ends", [int(e) for e in ends])
+
+
+def _gather_indices(editor: _Editor, record: GatherIndices, sizes: _NewSizes, analysis) -> None:
+    kept = sizes.kept(record.tensor, record.axis)
+    if kept is None:
+        return
+    indices = editor.input_values(record.node, 1)
+    normalized = np.where(indices < 0, indices + len(kept), indices)
+    new_position = np.cumsum(kept) - 1
+    survivors = normalized[kept[normalized]]
+    editor.set_input(record.node, 1, new_position[survivors].astype(indices.dtype))
+
+
+def _conv_groups(editor: _Editor, record: ConvGroups, sizes: _NewSizes, analysis) -> None:
+    node = editor.nodes[record.node]
+    old = analysis.const_labels[record.weight][0]
+    kept = int((~sizes.removed[old]).sum())
+    new_groups = record.groups * kept // len(old)
+    _set_int_attribute(node, "group", new_groups)
+
+
+def _drop_attribute(node, name: str) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+
+
+def _set_ints_attribute(node, name: str, values: list[int]) -> None:
+    _drop_attribute(node, name)
+    node.attribute.append(onnx.helper.make_attribute(name, values))
+
+
+def _set_int_attribute(node, name: str, value: int) -> None:
+    _drop_attribute(node, name)
+    node.attribute.append(onnx.helper.make_attribute(name, int(value)))
+
+
+_REWRITERS = {
+    DimEntry: _dim_entry,
+    SplitSizes: _split_sizes,
+    SliceRange: _slice_range,
+    GatherIndices: _gather_indices,
+    ConvGroups: _conv_groups,
+}

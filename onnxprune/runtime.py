@@ -1,0 +1,105 @@
+"""onnxruntime sessions, created deliberately: chosen providers, quiet logs, optional no-optimization."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OptionError, ValidationError
+from .io import TWO_GB
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _cuda_works() -> bool:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        model = onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [onnx.helper.make_node("Relu", ["x"], ["y"])],
+                "probe",
+                [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+            ),
+            opset_imports=[onnx.helper.make_opsetid("", 13)],
+            ir_version=8,
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+        return "CUDAExecutionProvider" in session.get_providers()
+    except Exception:
+        return False
+
+
+_CUDA: list[bool] = []
+
+
+def resolve_providers(choice: str = "auto") -> list[str]:
+    """Execution providers for `choice`: auto picks CUDA only when a session really runs on it."""
+    if choice not in PROVIDER_CHOICES:
+        raise OptionError(f"--providers {choice}: unknown; use one of {', '.join(PROVIDER_CHOICES)}")
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    if not _CUDA:
+        _CUDA.append(_cuda_works())
+    if _CUDA[0]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if choice == "cuda":
+        raise OptionError(
+            "--providers cuda: CUDA is not usable here (onnxruntime-gpu with CUDA libraries needed); "
+            "use --providers cpu"
+        )
+    return ["CPUExecutionProvider"]
+
+
+def session(
+    model: onnx.ModelProto | str, providers: list[str] | None = None, optimize: bool = False, threads: int = 0
+) -> ort.InferenceSession:
+    """An InferenceSession with logs at error level; graph optimizations off unless `optimize`."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, str) else _serialize(model)
+    try:
+        return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValidationError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def _serialize(model: onnx.ModelProto) -> bytes:
+    if model.ByteSize() >= TWO_GB:
+        raise ValidationError("model above 2 GB: validate it from its saved file")
+    return model.SerializeToString()
+
+
+def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(outputs, {k: v for k, v in feeds.items() if k in names})
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def ort_dtype(type_name: str):
+    return _ORT_TYPES.get(type_name, np.float32)
