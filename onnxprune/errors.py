@@ -29,3 +29,7 @@ class OptionError(OnnxPruneError):
 
 class ValidationError(OnnxPruneError):
     """The pruned model failed the checker, onnxruntime, or produced non-finite values."""
+
+
+class OutputPathError(OnnxPruneError):
+    """The output path cannot be written (it is the input, or its folder is missing)."""

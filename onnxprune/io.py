@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelLoadError, OptionError
+from .errors import ModelLoadError, OutputPathError
 
 TWO_GB = 2**31 - 1
 #: metadata key under which load_model records the size of the source file(s); removed before saving.
@@ -205,9 +205,9 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     """Refuse to write over the input model; the parent folder must exist."""
     src, dst = Path(input_path).resolve(), Path(output_path).resolve()
     if src == dst or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
-        raise OptionError(f"{output_path}: output path equals the input model; choose another output file")
+        raise OutputPathError(f"{output_path}: output path equals the input model; choose another output file")
     if not dst.parent.exists():
-        raise OptionError(f"{output_path}: folder {dst.parent} does not exist; create it first")
+        raise OutputPathError(f"{output_path}: folder {dst.parent} does not exist; create it first")
     return dst
 
 

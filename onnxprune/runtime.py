@@ -19,6 +19,7 @@ PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 def _cuda_works() -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
+    ort.set_default_logger_severity(4)  # the probe's failure is expected and must stay silent
     try:
         model = onnx.helper.make_model(
             onnx.helper.make_graph(
@@ -36,6 +37,8 @@ def _cuda_works() -> bool:
         return "CUDAExecutionProvider" in session.get_providers()
     except Exception:
         return False
+    finally:
+        ort.set_default_logger_severity(3)
 
 
 _CUDA: list[bool] = []

@@ -18,7 +18,9 @@ def infer_and_check(model: onnx.ModelProto) -> PassResult:
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ValidationError(f"pruned model: fails the ONNX checker: {first}; this is a bug, please report it")
+        raise ValidationError(
+            f"pruned model: fails the ONNX checker: {first}; this is a bug, please report it"
+        ) from None
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return PassResult(model, True)

@@ -1,0 +1,207 @@
+"""Command line: `onnxprune inspect | prune | validate`. A thin skin over the library calls.
+
+Errors caused by the input print one line on stderr: exit code 1, or 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import io
+from .errors import OnnxPruneError, OptionError
+from .methods.base import PruneOptions
+from .methods.registry import METHODS, method_options
+from .pipeline import inspect_model, prune
+from .report import inspect_table, summary_lines, write_json
+
+
+def _ratio(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise OptionError(f"--ratio {value}: not a number; give a fraction in [0, 1) or 'auto'") from None
+    if not 0.0 <= ratio < 1.0:
+        raise OptionError(f"--ratio {value}: must be in [0, 1); 0.5 removes half of each group's channels")
+    return ratio
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """Prune ONNX models: data-free merging, layer-wise OBS, relief masks; validated in onnxruntime."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the groups and totals as JSON.")
+def inspect(model: Path, as_json: bool) -> None:
+    """List the groups of coupled channels, what they cost and why some are frozen."""
+    analysis, totals = inspect_model(model)
+    if as_json:
+        from .report import _jsonable, group_rows
+
+        click.echo(json.dumps(_jsonable({"groups": group_rows(analysis), "totals": totals}), indent=1))
+    else:
+        click.echo("\n".join(inspect_table(analysis, totals)))
+
+
+def _method_option_decorators(func):
+    for option in reversed(method_options()):
+        kwargs = {"default": option.default, "help": option.help, "show_default": True}
+        if option.is_flag:
+            kwargs["is_flag"] = True
+        elif option.type is not None:
+            kwargs["type"] = option.type
+        func = click.option(option.flags, option.dest, **kwargs)(func)
+    return func
+
+
+@cli.command(name="prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
+@click.option(
+    "--method",
+    default="magnitude",
+    show_default=True,
+    help=f"One of {', '.join(sorted(METHODS))}; chain with commas (merge,obs).",
+)
+@click.option("--ratio", default="0.5", show_default=True, help="Fraction of each group's channels to remove, or auto.")
+@click.option("--round-to", default=1, show_default=True, type=int, help="Keep a multiple of N channels per group.")
+@click.option("--min-keep", default=1, show_default=True, type=int, help="Keep at least N channels per group.")
+@click.option("--include", default=None, help="Only prune groups with a producer node name matching this regex.")
+@click.option("--exclude", default=None, help="Never prune groups with a producer node name matching this regex.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random choices.")
+@click.option(
+    "--calib",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Calibration data: .npz keyed by input name (first axis = samples) or a folder of .npy/.npz.",
+)
+@click.option("--calib-samples", default=256, show_default=True, type=int, help="Use at most N calibration samples.")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Batch size of onnxruntime runs.")
+@click.option(
+    "--providers",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="onnxruntime execution providers (auto: CUDA when it really works).",
+)
+@click.option(
+    "--validate-data",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Data to compare original and pruned outputs on (default: calibration data, else random).",
+)
+@click.option("--validate-samples", default=256, show_default=True, type=int)
+@click.option("--no-validate", is_flag=True, help="Skip running both models (the checker still runs).")
+@click.option("--report", "report_path", default=None, type=click.Path(path_type=Path), help="Write the JSON report.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
+@_method_option_decorators
+def prune_command(
+    model: Path,
+    output: Path,
+    method: str,
+    ratio: str,
+    round_to: int,
+    min_keep: int,
+    include,
+    exclude,
+    seed: int,
+    calib,
+    calib_samples: int,
+    batch_size: int,
+    providers: str,
+    validate_data,
+    validate_samples: int,
+    no_validate: bool,
+    report_path,
+    quiet: bool,
+    **extra,
+) -> None:
+    """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
+    target = io.check_output_path(model, output)
+    if report_path is not None:
+        io.check_output_path(model, report_path)
+    options = PruneOptions(
+        ratio=_ratio(ratio),
+        round_to=round_to,
+        min_keep=min_keep,
+        include=include,
+        exclude=exclude,
+        seed=seed,
+        extra={**extra, "batch_size": batch_size, "progress": not quiet and sys.stderr.isatty()},
+    )
+    result = prune(
+        model,
+        method=method,
+        options=options,
+        calibration=calib,
+        calib_samples=calib_samples,
+        validation_data=validate_data,
+        validate_samples=validate_samples,
+        providers=providers,
+        run_validation=not no_validate,
+    )
+    start = time.perf_counter()
+    written = io.save_model(result.model, target)
+    result.report["file_bytes_after"] = written
+    result.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
+    result.report["model"], result.report["output"] = str(model), str(output)
+    if report_path is not None:
+        write_json(result.report, report_path)
+    if not quiet:
+        click.echo("\n".join(summary_lines(result.report)))
+        click.echo(f"wrote      {output}")
+
+
+@cli.command(name="validate")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("pruned", type=click.Path(path_type=Path))
+@click.option("--data", default=None, type=click.Path(path_type=Path), help=".npz inputs (and labels) to compare on.")
+@click.option("--samples", default=256, show_default=True, type=int)
+@click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def validate_command(original: Path, pruned: Path, data, samples: int, providers: str) -> None:
+    """Run ORIGINAL and PRUNED on the same inputs and print how far the outputs moved."""
+    from . import runtime
+    from .feeds import Dataset, load_dataset
+    from .validate import random_feeds, validate
+
+    reference, candidate = io.load_model(original), io.load_model(pruned)
+    dataset = load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0))
+    result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
+    click.echo(json.dumps(result, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr for user errors (exit 1; 2 for bad options)."""
+    try:
+        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except OptionError as exc:
+        click.echo(f"onnxprune: error: {exc}", err=True)
+        sys.exit(2)
+    except OnnxPruneError as exc:
+        click.echo(f"onnxprune: error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("onnxprune: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"onnxprune: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

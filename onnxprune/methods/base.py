@@ -1,0 +1,93 @@
+"""What every pruning method gets and gives.
+
+A method reads a MethodContext (the model, its channel analysis, the options, and calibration data if
+it needs some) and returns a PruningPlan. It never edits the model: the shrink does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from ..analysis import Analysis, Group
+from ..errors import OptionError
+from ..graph import GraphIndex
+from ..plan import PruningPlan
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Options shared by the methods; method-specific ones live in `extra` (name -> value)."""
+
+    ratio: float | str = 0.5
+    round_to: int = 1
+    min_keep: int = 1
+    include: str | None = None
+    exclude: str | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, str):
+            if self.ratio != "auto":
+                raise OptionError(f"--ratio {self.ratio}: must be a number in [0, 1) or 'auto'")
+        elif not 0.0 <= float(self.ratio) < 1.0:
+            raise OptionError(f"--ratio {self.ratio}: must be in [0, 1); 0.5 removes half of each group's channels")
+        if self.round_to < 1:
+            raise OptionError(f"--round-to {self.round_to}: must be a positive integer")
+        if self.min_keep < 1:
+            raise OptionError(f"--min-keep {self.min_keep}: must be at least 1")
+        for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise OptionError(f"{flag} {pattern!r}: not a valid regular expression ({exc})") from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Inputs of a method's decide()."""
+
+    model: onnx.ModelProto
+    index: GraphIndex
+    analysis: Analysis
+    options: PruneOptions
+    calibration: Any = None
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def eligible_groups(self) -> list[Group]:
+        """Prunable groups whose producers match --include and none matches --exclude."""
+        include = re.compile(self.options.include) if self.options.include else None
+        exclude = re.compile(self.options.exclude) if self.options.exclude else None
+        groups = []
+        for group in self.analysis.prunable_groups():
+            names = [p.node for p in group.producers]
+            if include and not any(include.search(n) for n in names):
+                continue
+            if exclude and any(exclude.search(n) for n in names):
+                continue
+            groups.append(group)
+        return groups
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: `decide(ctx) -> PruningPlan`.
+
+    `prepasses` are rewrites the method needs first (e.g. BatchNorm folding for merge); `needs_data`
+    says whether calibration data is required.
+    """
+
+    name: str
+    decide: Callable[[MethodContext], PruningPlan]
+    needs_data: bool = False
+    prepasses: tuple[str, ...] = ()
+    description: str = ""

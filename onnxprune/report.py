@@ -1,0 +1,104 @@
+"""Reports: per-group rows, JSON, and the short Markdown/terminal summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Analysis
+from .plan import PruningPlan
+
+
+def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict]:
+    """One row per group: id, size, kept, producers, consumers, params, MACs, frozen reason, notes."""
+    removed = plan.removed if plan else frozenset()
+    rows = []
+    for group in analysis.groups:
+        row = {
+            "id": group.id,
+            "size": group.size,
+            "kept": group.size - sum(1 for c in group.channels if c in removed),
+            "producers": [p.node for p in group.producers],
+            "consumers": [c.node for c in group.consumers],
+            "params": group.params,
+            "macs": group.macs,
+            "frozen": group.frozen,
+        }
+        if plan and group.id in plan.notes:
+            row["notes"] = plan.notes[group.id]
+        rows.append(row)
+    return rows
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(_jsonable(report), indent=1))
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few lines for the terminal after `prune`."""
+
+    def pct(after, before):
+        return f"{after:,} ({100 * after / before:.1f}%)" if before else f"{after:,}"
+
+    lines = [
+        f"method     {report['method']}",
+        f"params     {report['params_before']:,} -> {pct(report['params_after'], report['params_before'])}",
+        f"MACs       {report['macs_before']:,} -> {pct(report['macs_after'], report['macs_before'])}",
+        f"file       {report['file_bytes_before']:,} B -> {report['file_bytes_after']:,} B",
+    ]
+    groups = report.get("groups", [])
+    pruned = sum(1 for g in groups if g["kept"] < g["size"])
+    frozen = sum(1 for g in groups if g["frozen"] and g["kept"] == g["size"])
+    lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen")
+    validation = report.get("validation")
+    if validation:
+        for name, metrics in validation["outputs"].items():
+            text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "name")
+            lines.append(f"output     {name}: {text}")
+        if "accuracy_after" in validation:
+            lines.append(
+                f"accuracy   {validation['accuracy_before']:.4f} -> {validation['accuracy_after']:.4f}"
+                f" on {validation['samples']} labeled samples"
+            )
+    seconds = report.get("seconds", {})
+    lines.append("seconds    " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return lines
+
+
+def inspect_table(analysis: Analysis, totals: dict) -> list[str]:
+    header = f"{'group':>5} {'channels':>8} {'free':>5} {'params':>10} {'MACs':>12}  producers -> consumers | frozen"
+    lines = [header]
+    for row in group_rows(analysis):
+        producers = ", ".join(row["producers"][:3]) + (" ..." if len(row["producers"]) > 3 else "")
+        consumers = ", ".join(row["consumers"][:3]) + (" ..." if len(row["consumers"]) > 3 else "")
+        free = len(analysis.groups[row["id"]].free)
+        frozen = f" | {row['frozen']}" if row["frozen"] else ""
+        lines.append(
+            f"{row['id']:>5} {row['size']:>8} {free:>5} {row['params']:>10,} {row['macs']:>12,}  "
+            f"{producers} -> {consumers or '(none)'}{frozen}"
+        )
+    lines.append("")
+    lines.append(
+        f"params {totals['params']:,}  MACs {totals['macs']:,}  groups {totals['groups']} "
+        f"({totals['prunable_groups']} prunable)  channels {totals['channels']} "
+        f"({totals['prunable_channels']} free)"
+    )
+    lines.append(
+        f"prunable share: {100 * totals['prunable_params_share']:.1f}% of params, "
+        f"{100 * totals['prunable_macs_share']:.1f}% of MACs"
+    )
+    return lines
