@@ -105,6 +105,14 @@ def _method_option_decorators(func):
 )
 @click.option("--validate-samples", default=256, show_default=True, type=int)
 @click.option("--no-validate", is_flag=True, help="Skip running both models (the checker still runs).")
+@click.option(
+    "--iterations",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Data-driven methods: prune K times, recollecting statistics on the pruned model in between.",
+)
+@click.option("--sparse-storage", is_flag=True, help="Store weights with many zeros as sparse initializers.")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=Path), help="Write the JSON report.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
 @_method_option_decorators
@@ -125,6 +133,8 @@ def prune_command(
     validate_data,
     validate_samples: int,
     no_validate: bool,
+    iterations: int,
+    sparse_storage: bool,
     report_path,
     quiet: bool,
     **extra,
@@ -140,7 +150,13 @@ def prune_command(
         include=include,
         exclude=exclude,
         seed=seed,
-        extra={**extra, "batch_size": batch_size, "progress": not quiet and sys.stderr.isatty()},
+        extra={
+            **extra,
+            "batch_size": batch_size,
+            "iterations": iterations,
+            "sparse_storage": sparse_storage,
+            "progress": not quiet and sys.stderr.isatty(),
+        },
     )
     result = prune(
         model,

@@ -83,10 +83,22 @@ def prune(
     io.strip_internal_metadata(current)
     before = _summary(original)
     steps, plans, analysis = [], [], None
+    iterations = int(options.get("iterations", 1) or 1)
+    if iterations < 1:
+        raise OptionError(f"--iterations {iterations}: must be at least 1")
     for meth in methods:
-        current, step, plan, analysis = _run_step(current, meth, options, calib, provider_list, timer)
-        steps.append(step)
-        plans.append(plan)
+        for iteration in range(iterations if meth.needs_data else 1):
+            current, step, plan, analysis = _run_step(current, meth, options, calib, provider_list, timer)
+            step["iteration"] = iteration + 1
+            if iterations > 1 and meth.needs_data and run_validation:
+                data = _validation_data(validation_data, calib, original, validate_samples)
+                step["validation"] = validate(original, current, data.feeds, data.labels, list(provider_list))
+            steps.append(step)
+            plans.append(plan)
+    if options.get("sparse_storage"):
+        start = time.perf_counter()
+        current = PassManager([prepass("sparse-storage")]).run(current)
+        timer.add("sparse", start)
     report = {
         "method": ",".join(names),
         "options": _options_dict(options),

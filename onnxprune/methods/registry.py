@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..errors import OptionError
-from . import magnitude
+from . import lobs, magnitude, merge, obs, relief, wanda
 from .base import Method
 from .options import MethodOption
 
-_MODULES = (magnitude,)
+_MODULES = (magnitude, merge, lobs, obs, relief, wanda)
 
 METHODS: dict[str, Method] = {m.name: m for module in _MODULES for m in module.EXPORTED}
 

@@ -1,0 +1,4 @@
+"""Placeholder: the lobs method is being written."""
+
+EXPORTED = ()
+OPTIONS = ()

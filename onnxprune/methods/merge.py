@@ -1,0 +1,4 @@
+"""Placeholder: the merge method is being written."""
+
+EXPORTED = ()
+OPTIONS = ()

@@ -1,0 +1,4 @@
+"""Placeholder: the obs method is being written."""
+
+EXPORTED = ()
+OPTIONS = ()

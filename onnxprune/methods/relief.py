@@ -1,0 +1,4 @@
+"""Placeholder: the relief method is being written."""
+
+EXPORTED = ()
+OPTIONS = ()

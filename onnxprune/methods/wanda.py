@@ -1,0 +1,4 @@
+"""Placeholder: the wanda method is being written."""
+
+EXPORTED = ()
+OPTIONS = ()

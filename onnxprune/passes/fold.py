@@ -1,0 +1,1 @@
+"""Placeholder: BatchNorm / Gemm alpha-beta folding is being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: sparse storage is being written."""
