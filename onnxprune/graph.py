@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .io import skeleton as io_skeleton
 from .io import tensor_array
 
 Dim = int | str | None
@@ -20,6 +21,8 @@ Shape = tuple[Dim, ...]
 #: initializers with more elements than this are replaced by typed graph inputs before shape
 #: inference, so inference never copies the weights (they only need their dims).
 _SMALL_CONSTANT = 64
+#: constants up to this many elements are cached as arrays by GraphIndex.constant
+_CACHED_CONSTANT = 4096
 
 
 @dataclass
@@ -65,12 +68,24 @@ class GraphIndex:
         return [i.name for i in self.model.graph.input]
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of `name` if it is an initializer, else None."""
+        """The value of `name` if it is an initializer, else None.
+
+        Small constants are cached; large ones (weights) are read afresh on each call, so the index
+        never holds a second copy of the weights. Callers that need a weight often keep the array.
+        """
         if name not in self.initializers:
             return None
-        if name not in self._arrays:
-            self._arrays[name] = tensor_array(self.initializers[name])
-        return self._arrays[name]
+        cached = self._arrays.get(name)
+        if cached is not None:
+            return cached
+        value = tensor_array(self.initializers[name])
+        if value.size <= _CACHED_CONSTANT:
+            self._arrays[name] = value
+        return value
+
+    def release(self) -> None:
+        """Drop the cached weight arrays (copies of the initializer bytes) once decisions are made."""
+        self._arrays.clear()
 
     def is_constant(self, name: str) -> bool:
         return name in self.initializers
@@ -102,19 +117,7 @@ def infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, in
 
     Large initializers travel as typed graph inputs, so inference costs no copy of the weights.
     """
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    for tensor in model.graph.initializer:
-        if int(np.prod(tensor.dims, dtype=np.int64)) <= _SMALL_CONSTANT:
-            graph.initializer.append(tensor)
-        else:
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    skeleton = io_skeleton(model, _SMALL_CONSTANT)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception:

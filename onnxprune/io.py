@@ -82,26 +82,61 @@ def _all_external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
-def check_model(model: onnx.ModelProto, where: str = "model") -> None:
-    """Run the ONNX checker (full check with shape inference where the model fits in 2 GB)."""
-    try:
-        if model.ByteSize() < TWO_GB:
-            onnx.checker.check_model(model, full_check=False)
+def skeleton(model: onnx.ModelProto, small: int = 64) -> onnx.ModelProto:
+    """A copy of `model` without the data of large initializers, which become typed graph inputs.
+
+    The checker and shape inference only need the weights' types and dims; the skeleton costs no copy
+    of the weights. Initializers of at most `small` elements (shape constants) are kept.
+    """
+    copy = onnx.ModelProto()
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    graph = copy.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.sparse_initializer.extend(model.graph.sparse_initializer)
+    for tensor in model.graph.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) <= small:
+            graph.initializer.append(tensor)
         else:
-            _check_large(model)
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return copy
+
+
+def signature(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A node-less copy of `model` holding only its graph inputs and outputs (names, types, shapes)."""
+    copy = onnx.ModelProto()
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    copy.graph.name = model.graph.name
+    copy.graph.input.extend(model.graph.input)
+    copy.graph.output.extend(model.graph.output)
+    return copy
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """The ONNX checker on the graph structure (on a skeleton, so no copy of the weights), and a check
+    that every initializer holds as many bytes as its shape needs (truncated weights)."""
+    try:
+        onnx.checker.check_model(skeleton(model), full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
         raise ModelLoadError(
             f"{where}: fails the ONNX checker: {first}; fix or re-export the model "
             "(onnx.checker.check_model shows the details)"
         ) from None
-
-
-def _check_large(model: onnx.ModelProto) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "m.onnx"
-        onnx.save_model(model, str(target), save_as_external_data=True, location="m.data")
-        onnx.checker.check_model(str(target))
+    for tensor in model.graph.initializer:
+        dtype = RAW_DTYPES.get(tensor.data_type)
+        if tensor.raw_data and dtype is not None:
+            expected = int(np.prod(tensor.dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if len(tensor.raw_data) != expected:
+                raise ModelLoadError(
+                    f"{where}: initializer '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
+                    f"{list(tensor.dims)} needs {expected}; the file is damaged, re-export the model"
+                )
 
 
 def normalize_model(model: onnx.ModelProto) -> None:
@@ -166,13 +201,13 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     """The values of an initializer; a read-only view (no copy) when stored as little-endian raw data."""
-    if tensor.raw_data and tensor.data_type in _RAW_DTYPES and np.little_endian:
-        array = np.frombuffer(tensor.raw_data, dtype=_RAW_DTYPES[tensor.data_type])
+    if tensor.raw_data and tensor.data_type in RAW_DTYPES and np.little_endian:
+        array = np.frombuffer(tensor.raw_data, dtype=RAW_DTYPES[tensor.data_type])
         return array.reshape(tuple(tensor.dims))
     return numpy_helper.to_array(tensor)
 
 
-_RAW_DTYPES = {
+RAW_DTYPES = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.DOUBLE: np.float64,

@@ -66,8 +66,14 @@ def prune(
     options = options or PruneOptions()
     timer = _Timer()
     start = time.perf_counter()
-    original = io.load_model(model) if not isinstance(model, onnx.ModelProto) else model
-    source_bytes = io.source_bytes(original) if not isinstance(model, onnx.ModelProto) else None
+    from_file = not isinstance(model, onnx.ModelProto)
+    current = io.load_model(model) if from_file else copy.deepcopy(model)
+    source_bytes = io.source_bytes(current) if from_file else None
+    io.strip_internal_metadata(current)
+    # the original is kept as its signature (inputs, outputs) plus, for validation, its file or the
+    # caller's untouched proto: a model loaded from a file is never copied.
+    original = io.signature(current)
+    reference = str(model) if from_file else model
     timer.add("load", start)
     names = [n.strip() for n in method.split(",") if n.strip()]
     if not names:
@@ -79,9 +85,7 @@ def prune(
         else ("CPUExecutionProvider",)
     )
     calib = _calibration(calibration, original, calib_samples, methods)
-    current = copy.deepcopy(original)
-    io.strip_internal_metadata(current)
-    before = _summary(original)
+    before = _summary(current)
     steps, plans, analysis = [], [], None
     iterations = int(options.get("iterations", 1) or 1)
     if iterations < 1:
@@ -92,7 +96,9 @@ def prune(
             step["iteration"] = iteration + 1
             if iterations > 1 and meth.needs_data and run_validation:
                 data = _validation_data(validation_data, calib, original, validate_samples)
-                step["validation"] = validate(original, current, data.feeds, data.labels, list(provider_list))
+                step["validation"] = validate(
+                    reference, current, data.feeds, data.labels, list(provider_list), signature=original
+                )
             steps.append(step)
             plans.append(plan)
     if options.get("sparse_storage"):
@@ -106,7 +112,7 @@ def prune(
         "params_after": io.count_params(current),
         "macs_before": before["macs"],
         "macs_after": model_macs(GraphIndex.build(current)),
-        "file_bytes_before": source_bytes if source_bytes is not None else original.ByteSize(),
+        "file_bytes_before": source_bytes if source_bytes is not None else model.ByteSize(),
         "file_bytes_after": current.ByteSize(),
         "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
         "steps": steps,
@@ -114,7 +120,9 @@ def prune(
     if run_validation:
         start = time.perf_counter()
         data = _validation_data(validation_data, calib, original, validate_samples)
-        report["validation"] = validate(original, current, data.feeds, data.labels, list(provider_list))
+        report["validation"] = validate(
+            reference, current, data.feeds, data.labels, list(provider_list), signature=original
+        )
         report["validation_source"] = (
             "calibration data"
             if validation_data is None and calib is not None
@@ -159,6 +167,8 @@ def _run_step(model, meth, options, calib, providers, timer):
     start = time.perf_counter()
     ctx = MethodContext(model, index, analysis, options, calib, providers)
     plan = meth.decide(ctx)
+    del ctx
+    index.release()
     timer.add("decide", start)
     _check_finite(plan)
     start = time.perf_counter()

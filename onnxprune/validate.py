@@ -83,15 +83,22 @@ def run_batches(sess, feeds: dict[str, np.ndarray], batch_size: int = 64) -> lis
 
 
 def validate(
-    original: onnx.ModelProto,
+    original: onnx.ModelProto | str,
     pruned: onnx.ModelProto,
     feeds: dict[str, np.ndarray],
     labels: np.ndarray | None = None,
     providers: list[str] | None = None,
+    signature: onnx.ModelProto | None = None,
 ) -> dict:
-    """Run both models on `feeds` and compare; the pruned model must keep the output signature."""
-    _check_signature(original, pruned)
-    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in original.graph.input}}
+    """Run both models on `feeds` and compare; the pruned model must keep the input/output signature.
+
+    `original` is a model or the path of its file; `signature` (default: `original`) gives the graph
+    inputs and outputs the pruned model must keep.
+    """
+    if signature is None:
+        signature = onnx.load(original, load_external_data=False) if isinstance(original, str) else original
+    _check_signature(signature, pruned)
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in signature.graph.input}}
     ref_sess, new_sess = runtime.session(original, providers), runtime.session(pruned, providers)
     names = [o.name for o in ref_sess.get_outputs()]
     reference = run_batches(ref_sess, feeds)

@@ -14,7 +14,7 @@ import onnx
 from ..analysis import Analysis
 from ..analysis.rewrites import ConvGroups, DimEntry, GatherIndices, SliceRange, SplitSizes
 from ..graph import attributes, opset_version
-from ..io import make_tensor, tensor_array
+from ..io import RAW_DTYPES, make_tensor, tensor_array
 from ..plan import PruningPlan, check_plan
 from .base import Pass, PassResult
 
@@ -52,7 +52,19 @@ def _slice_initializers(model, analysis: Analysis, plan: PruningPlan, removed: n
             if not keep.all():
                 value = np.compress(keep, value, axis=axis)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        model.graph.initializer[position].CopyFrom(make_tensor(value.astype(dtype, copy=False), name))
+        _store(model.graph.initializer[position], value.astype(dtype, copy=False))
+
+
+def _store(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Write `value` into `tensor` in place (raw little-endian data), without building a second proto."""
+    if tensor.data_type in RAW_DTYPES and np.little_endian:
+        name, data_type = tensor.name, tensor.data_type
+        tensor.Clear()
+        tensor.name, tensor.data_type = name, data_type
+        tensor.dims.extend(value.shape)
+        tensor.raw_data = np.ascontiguousarray(value).tobytes()
+    else:
+        tensor.CopyFrom(make_tensor(value, tensor.name))
 
 
 class _NewSizes:
