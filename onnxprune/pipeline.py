@@ -24,6 +24,7 @@ from .graph import GraphIndex
 from .methods.base import MethodContext, PruneOptions
 from .methods.registry import get_method
 from .passes import CHECK, CLEANUP, PassManager, shrink_pass
+from .passes.constfold import FOLD_CONSTANTS
 from .passes.registry import prepass
 from .plan import PruningPlan
 from .report import group_rows
@@ -74,6 +75,8 @@ def prune(
     # caller's untouched proto: a model loaded from a file is never copied.
     original = io.signature(current)
     reference = str(model) if from_file else model
+    before = _summary(current)
+    current = PassManager([FOLD_CONSTANTS, CLEANUP]).run(current)
     timer.add("load", start)
     names = [n.strip() for n in method.split(",") if n.strip()]
     if not names:
@@ -85,7 +88,6 @@ def prune(
         else ("CPUExecutionProvider",)
     )
     calib = _calibration(calibration, original, calib_samples, methods)
-    before = _summary(current)
     steps, plans, analysis = [], [], None
     iterations = int(options.get("iterations", 1) or 1)
     if iterations < 1:
@@ -202,7 +204,8 @@ def _options_dict(options: PruneOptions) -> dict:
 
 def inspect_model(model: str | Path | onnx.ModelProto) -> tuple[Analysis, dict]:
     """Analysis of `model` plus totals (params, MACs, prunable share) for `onnxprune inspect`."""
-    loaded = io.load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    loaded = io.load_model(model) if not isinstance(model, onnx.ModelProto) else copy.deepcopy(model)
+    loaded = PassManager([FOLD_CONSTANTS, CLEANUP]).run(loaded)
     index = GraphIndex.build(loaded)
     analysis = analyze(index)
     params = io.count_params(loaded)
