@@ -49,11 +49,37 @@ class GraphIndex:
             for name in node.output:
                 if name:
                     index.producer[name] = position
-        index.shapes, index.dtypes = infer_shapes(model)
-        for name, tensor in index.initializers.items():
-            index.shapes[name] = tuple(int(d) for d in tensor.dims)
-            index.dtypes[name] = tensor.data_type
+        index._infer({})
+        index._refine_reshapes()
         return index
+
+    def _infer(self, hints: dict[str, tuple]) -> None:
+        self.shapes, self.dtypes = infer_shapes(self.model, hints)
+        for name, tensor in self.initializers.items():
+            self.shapes[name] = tuple(int(d) for d in tensor.dims)
+            self.dtypes[name] = tensor.data_type
+
+    def _refine_reshapes(self, rounds: int = 8) -> None:
+        """ONNX leaves a Reshape's -1 unknown when the input has a symbolic batch (view(n, t, h, -1));
+        fill such dims from the traced target and infer again, so the ops after it get static shapes."""
+        from .analysis.shape_eval import resolve_reshape  # reads this index; imported late (no cycle)
+
+        symbols = {d.dim_param for i in self.model.graph.input for d in i.type.tensor_type.shape.dim}
+        hints: dict[str, tuple] = {}
+        for _ in range(rounds):
+            new = {}
+            for node in self.nodes:
+                if node.op_type != "Reshape" or node.output[0] in hints:
+                    continue
+                shape = self.shapes.get(node.output[0])
+                if shape is None or any(not isinstance(d, int) and d not in symbols for d in shape):
+                    dims = resolve_reshape(self, node)
+                    if dims is not None and dims != shape:
+                        new[node.output[0]] = dims
+            if not new:
+                return
+            hints.update(new)
+            self._infer(hints)
 
     @property
     def nodes(self):
@@ -112,12 +138,15 @@ class GraphIndex:
         return None if position is None else self.nodes[position]
 
 
-def infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+def infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> tuple[dict[str, Shape], dict[str, int]]:
     """Static shapes and element types of every tensor ONNX shape inference can type.
 
     Large initializers travel as typed graph inputs, so inference costs no copy of the weights.
+    `hints` (tensor name -> dims) are declared as value_info first; inference keeps their known dims.
     """
     skeleton = io_skeleton(model, _SMALL_CONSTANT)
+    for name, dims in (hints or {}).items():
+        skeleton.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, dims))
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception:

@@ -145,7 +145,9 @@ def normalize_model(model: onnx.ModelProto) -> None:
     - Constant nodes holding tensors become initializers (Paddle and some TF exports).
     - Initializers repeated in graph.input (IR < 4 exporters) are removed from the inputs.
     - Unnamed or duplicate-named nodes get unique names.
+    - Sparse initializers (written by --sparse-storage) become dense initializers.
     """
+    _densify_sparse(model.graph)
     _lift_constants(model.graph)
     init_names = {t.name for t in model.graph.initializer}
     keep_inputs = [i for i in model.graph.input if i.name not in init_names]
@@ -153,6 +155,19 @@ def normalize_model(model: onnx.ModelProto) -> None:
         del model.graph.input[:]
         model.graph.input.extend(keep_inputs)
     _name_nodes(model.graph)
+
+
+def _densify_sparse(graph: onnx.GraphProto) -> None:
+    for sparse in graph.sparse_initializer:
+        values = tensor_array(sparse.values)
+        indices = tensor_array(sparse.indices).astype(np.int64)
+        dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+        if indices.ndim == 2:
+            dense[tuple(indices.T)] = values
+        else:
+            dense.reshape(-1)[indices] = values
+        graph.initializer.append(make_tensor(dense, sparse.values.name))
+    del graph.sparse_initializer[:]
 
 
 def _lift_constants(graph: onnx.GraphProto) -> None:
@@ -220,8 +235,9 @@ RAW_DTYPES = {
 
 
 def make_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
-    """An initializer holding `array` (raw little-endian data)."""
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    """An initializer holding `array` (raw little-endian data); a 0-d array stays a scalar."""
+    array = np.asarray(array)
+    return numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)
 
 
 def count_params(model: onnx.ModelProto) -> int:

@@ -68,11 +68,16 @@ def patches(
     chosen = None
     if max_positions is not None and rows > max_positions:
         chosen = np.sort((rng or np.random.default_rng(0)).choice(rows, max_positions, replace=False))
+        where = np.unravel_index(chosen, (n, *out_shape))
     result = []
     for g in range(groups):
         block = windows[:, g * per_group : (g + 1) * per_group]
-        # -> [N, out..., C/g, k...]
-        order = [0] + list(range(2, 2 + dims)) + [1] + list(range(2 + dims, 2 + 2 * dims))
-        matrix = np.transpose(block, order).reshape(rows, -1)
-        result.append(np.ascontiguousarray(matrix if chosen is None else matrix[chosen]))
+        if chosen is not None:
+            # gather the chosen positions before copying anything: [positions, C/g, k...]
+            matrix = block[(where[0], slice(None), *where[1:])].reshape(len(chosen), -1)
+        else:
+            # -> [N, out..., C/g, k...]
+            order = [0] + list(range(2, 2 + dims)) + [1] + list(range(2 + dims, 2 + 2 * dims))
+            matrix = np.transpose(block, order).reshape(rows, -1)
+        result.append(np.ascontiguousarray(matrix))
     return result

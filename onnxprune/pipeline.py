@@ -103,6 +103,7 @@ def prune(
                 )
             steps.append(step)
             plans.append(plan)
+    macs_after = model_macs(GraphIndex.build(current))  # before sparse storage hides the weights' shapes
     if options.get("sparse_storage"):
         start = time.perf_counter()
         current = PassManager([prepass("sparse-storage")]).run(current)
@@ -113,7 +114,7 @@ def prune(
         "params_before": before["params"],
         "params_after": io.count_params(current),
         "macs_before": before["macs"],
-        "macs_after": model_macs(GraphIndex.build(current)),
+        "macs_after": macs_after,
         "file_bytes_before": source_bytes if source_bytes is not None else model.ByteSize(),
         "file_bytes_after": current.ByteSize(),
         "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],

@@ -66,7 +66,7 @@ class PruningPlan:
                 frozenset(int(c) for c in payload["removed"]),
                 updates,
                 payload.get("method", "plan"),
-                {int(k): v for k, v in payload.get("notes", {}).items()},
+                {int(k) if k.isdigit() else k: v for k, v in payload.get("notes", {}).items()},
             )
         except (OSError, ValueError, KeyError) as exc:
             raise PlanError(f"{path}: not a readable pruning plan ({exc}); write it with PruningPlan.to_json") from None

@@ -101,7 +101,10 @@ def gemm(p: Propagation, node, attrs, opset) -> None:
     out_axis, in_axis = (0, 1) if trans_b else (1, 0)
     atoms = p.new_atoms(node.input[1], out_axis, weight.shape[out_axis])
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    p.add_producer(ProducerRole(node.name, node.op_type, node.input[1], out_axis, bias, node.output[0]))
+    # the role's bias is a constant [N] vector sliced on axis 0; C of shape [1, N] is labeled on its
+    # axis 1 (const_labels has it) and a broadcast C is not sliced at all
+    sliced = bias if bias and _is_bias_vector(p, bias, weight.shape[out_axis]) else None
+    p.add_producer(ProducerRole(node.name, node.op_type, node.input[1], out_axis, sliced, node.output[0]))
     p.label_const(node.input[1], out_axis, atoms, node, 1)
     inputs = _channel_labels(p, node.input[0], 0 if trans_a else 1, weight.shape[in_axis], "input A")
     if inputs is not None:
@@ -111,6 +114,10 @@ def gemm(p: Propagation, node, attrs, opset) -> None:
     if bias:
         out = _gemm_bias(p, node, bias, out)
     p.set(node.output[0], out)
+
+
+def _is_bias_vector(p: Propagation, bias: str, size: int) -> bool:
+    return p.index.is_constant(bias) and p.index.shape(bias) == (size,) and size > 1
 
 
 def _gemm_bias(p: Propagation, node, bias: str, out: np.ndarray) -> np.ndarray:

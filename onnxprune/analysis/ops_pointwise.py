@@ -23,24 +23,40 @@ def transparent(p: Propagation, node, attrs, opset) -> None:
 def join(p: Propagation, node, attrs, opset) -> None:
     """Broadcasting n-ary ops (Add, Sub, Mul, Div, Max, Min, Pow, PRelu, Where, comparisons).
 
-    Labeled inputs are unified position by position; a constant of full size on a labeled axis is
-    sliced with it; a run-time tensor of full size on a labeled axis freezes those channels.
+    Labeled inputs are unified position by position; a labeled input of size 1 on an axis where
+    another's labels vary (a [N,1,H,W] gate) is broadcast over those channels: its own channel is
+    frozen and the others stay free. A constant of full size on a labeled axis is sliced with it; a
+    run-time tensor of full size on a labeled axis freezes those channels.
     """
     inputs = [name for name in node.input if name]
     if not any(p.get(name) is not None for name in inputs):
         return
     rank = max(p.rank(name) for name in inputs)
     reason = f"{node.op_type} '{node.name}' joins channels with positions that cannot be removed"
+    labeled = {name: with_rank(p.get(name), rank) for name in inputs if p.get(name) is not None}
+    varying = {axis for ids in labeled.values() for axis in varying_axes(ids)}
     joined = None
-    for name in inputs:
-        ids = p.get(name)
-        if ids is not None:
-            ids = with_rank(ids, rank)
-            joined = ids if joined is None else p.unify(joined, ids, reason)
+    for name, ids in labeled.items():
+        if _broadcast_over(p, name, rank, varying):
+            # a [N,1,H,W] map scaling every channel: its own channel stays, the others' are untouched
+            p.freeze(ids, f"{node.op_type} '{node.name}' broadcasts '{name}' over the channels of another input")
+            continue
+        joined = ids if joined is None else p.unify(joined, ids, reason)
+    if joined is None:
+        raise Unsupported("every labeled input is broadcast over the channels of another")
     for slot, name in enumerate(node.input):
         if name and p.get(name) is None:
             joined = _join_unlabeled(p, node, slot, name, joined, rank, reason)
     p.set(node.output[0], joined)
+
+
+def _broadcast_over(p: Propagation, name: str, rank: int, varying: set[int]) -> bool:
+    """True when tensor `name` has size 1 (numpy broadcast) on an axis whose labels vary elsewhere."""
+    shape = p.index.shape(name)
+    if shape is None:
+        return False
+    aligned = (1,) * (rank - len(shape)) + tuple(shape)
+    return any(aligned[axis] == 1 for axis in varying)
 
 
 def _join_unlabeled(p: Propagation, node, slot: int, name: str, joined: np.ndarray, rank: int, reason: str):

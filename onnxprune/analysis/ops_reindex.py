@@ -157,7 +157,7 @@ def concat(p: Propagation, node, attrs, opset) -> None:
     for other in range(rank):
         if other == axis or all(piece.shape[other] == 1 for piece in pieces):
             continue
-        lines = [along(piece, other) if piece.shape[other] > 1 else None for piece in pieces]
+        lines = [along(compress(piece), other) if piece.shape[other] > 1 else None for piece in pieces]
         size = next(len(line) for line in lines if line is not None)
         target[other] = size
         joined = None
@@ -171,7 +171,7 @@ def concat(p: Propagation, node, attrs, opset) -> None:
         shape = list(target)
         shape[axis] = piece.shape[axis]
         expanded.append(np.broadcast_to(piece, shape))
-    p.set(node.output[0], np.concatenate(expanded, axis=axis))
+    p.set(node.output[0], p.uf.roots(np.concatenate(expanded, axis=axis)))
 
 
 def split(p: Propagation, node, attrs, opset) -> None:
@@ -239,8 +239,7 @@ def gather(p: Propagation, node, attrs, opset) -> None:
     out = np.take(ids, picks, axis=axis)
     if picks.ndim == 0:
         p.freeze(out, f"Gather '{node.name}' selects a single channel")
-    else:
-        p.rewrite(GatherIndices(node.name, axis, node.input[0]))
+    p.rewrite(GatherIndices(node.name, axis, node.input[0]))
     p.set(node.output[0], out)
 
 

@@ -39,6 +39,57 @@ def trace_vector(index: GraphIndex, name: str, depth: int = 12) -> list[Entry] |
     return None if handler is None else handler(index, node, depth - 1)
 
 
+def resolve_reshape(index: GraphIndex, node) -> tuple | None:
+    """The output shape of Reshape `node` with the dims shape inference left unknown filled in from
+    the traced target: a constant, a 0 (copy of the input dim), a size read by Shape (its symbol), and
+    the one -1 (elements left over, when the symbols of input and output cancel):
+    x.view(x.size(0), -1) on (N, C, H, W) gives (N, C*H*W). None when nothing can be resolved."""
+    in_shape, out_shape = index.shape(node.input[0]), index.shape(node.output[0])
+    entries = trace_vector(index, node.input[1]) if len(node.input) > 1 else None
+    if in_shape is None or entries is None or (out_shape is not None and len(entries) != len(out_shape)):
+        return None
+    allow_zero = attributes(node).get("allowzero", 0)
+    dims: list = []
+    for axis, entry in enumerate(entries):
+        known = out_shape[axis] if out_shape is not None else None
+        source = index.shape(entry.source) if entry.origin == "shape" else None
+        if isinstance(known, int):
+            dims.append(known)
+        elif entry.value == 0 and not allow_zero:
+            dims.append(in_shape[axis] if axis < len(in_shape) else None)
+        elif entry.value is not None and entry.value >= -1:
+            dims.append(entry.value)
+        elif source is not None and entry.index < len(source):
+            dims.append(source[entry.index])
+        else:
+            return None
+    if None in dims or dims.count(-1) > 1:
+        return None
+    if -1 in dims:
+        rest = _cancel(list(in_shape), [d for d in dims if d != -1])
+        if rest is None:
+            return None
+        dims[dims.index(-1)] = rest
+    return tuple(dims)
+
+
+def _cancel(numerator: list, denominator: list) -> int | None:
+    """prod(numerator) / prod(denominator) when the symbolic dims cancel and the integers divide."""
+    if None in numerator or None in denominator:
+        return None
+    symbols = [d for d in numerator if not isinstance(d, int)]
+    for d in denominator:
+        if not isinstance(d, int):
+            if d not in symbols:
+                return None
+            symbols.remove(d)
+    if symbols:
+        return None
+    top = int(np.prod([d for d in numerator if isinstance(d, int)], dtype=np.int64))
+    bottom = int(np.prod([d for d in denominator if isinstance(d, int)], dtype=np.int64))
+    return top // bottom if bottom and top % bottom == 0 else None
+
+
 def _shape(index: GraphIndex, node, depth):
     shape = index.shape(node.input[0])
     if shape is None:

@@ -1,4 +1,476 @@
-"""Placeholder: the lobs method is being written."""
+"""Layer-wise Optimal Brain Surgeon, unstructured (`--method lobs`).
 
-EXPORTED = ()
-OPTIONS = ()
+Every Gemm/MatMul/Conv weight W~ = [W, b] of the model is pruned on its own, against its input Hessian
+H = (1/n) sum x~ x~^T (onnxprune.hessian), for the layer error E = 1/(2n) ||X~ dW~^T||^2. Removing
+weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
+
+    L_q = w_q^2 / (2 [H^-1]_ii),     W[r, :] -= (w_q / [H^-1]_ii) H^-1[i, :]     (only row r changes).
+
+- `--lobs-mode faithful` (L-OBS): rank all (r, i) once by L_q, remove in that order with the update
+  above and a fixed H^-1 (removed weights are kept at zero), predicted error = sum of the L_q.
+- `--lobs-mode exact` (OBC, Frantar & Alistarh 2022; default): per row, greedily remove the weight of
+  least L_q, update the row and downdate H^-1 -= H^-1[:, i] H^-1[i, :] / [H^-1]_ii; every step is
+  exact, so the predicted error (sum of the steps' L_q) equals the layer error for the damped H. The
+  rows' loss traces are merged so that the layer removes `--ratio` of its weights where they cost
+  least; the final rows are the least-squares optimum for their masks, w_K = H_KK^-1 (H w)_K.
+
+The bias is a column of W~ (x~ = [x; 1]): it is compensated, never removed. Inputs that are always zero
+on the calibration data have their weights zeroed (H_ii = 1). `--max-layer-error e` replaces the ratio
+by a tolerance: each layer removes weights while its predicted error stays below e times its output
+energy 1/(2n) ||Z||^2. Channels whose every consumer column became zero are removed physically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import OptionError, ValidationError
+from ..graph import GraphIndex
+from ..hessian import Layer, LayerStats, collect_stats, find_layers, prepare, select_layers
+from ..io import make_tensor
+from ..plan import PruningPlan
+from .base import Method, MethodContext, PruneOptions
+from .options import MethodOption
+from .select import repair_empty
+
+MODES = ("exact", "faithful")
+ALLOCATIONS = ("layer", "global")
+#: memory for the per-row inverse Hessians of one chunk of rows in exact mode
+CHUNK_BYTES = 8 * 2**20
+#: compact the per-row inverses once the live columns fall below this share of their width
+COMPACT_AT = 0.85
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of the OBS methods, checked."""
+
+    ratio: float | None
+    mode: str = "exact"
+    allocation: str = "layer"
+    max_error: float | None = None
+    damping: float = 0.01
+    sequential: bool = False
+    max_positions: int | None = 4096
+    batch_size: int = 32
+    progress: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: PruneOptions, method: str) -> Settings:
+        mode = str(options.get("lobs_mode", "exact") or "exact")
+        if mode not in MODES:
+            raise OptionError(f"--lobs-mode {mode}: unknown; use one of {', '.join(MODES)}")
+        allocation = str(options.get("lobs_allocation", "layer") or "layer")
+        if allocation not in ALLOCATIONS:
+            raise OptionError(f"--lobs-allocation {allocation}: unknown; use one of {', '.join(ALLOCATIONS)}")
+        max_error = options.get("max_layer_error")
+        if max_error is not None and not float(max_error) > 0:
+            raise OptionError(f"--max-layer-error {max_error}: must be a positive fraction of the output energy")
+        ratio = None if options.ratio == "auto" else float(options.ratio)
+        if ratio is None and (method != "lobs" or max_error is None):
+            raise OptionError(f"--ratio auto: {method} needs a number (or, for lobs, --max-layer-error)")
+        damping = float(options.get("damping", 0.01))
+        if not damping >= 0:
+            raise OptionError(f"--damping {damping}: must be >= 0 (0.01 is the usual value)")
+        positions = int(options.get("max_positions", 4096) or 0)
+        if positions < 0:
+            raise OptionError(f"--max-positions {positions}: must be >= 0 (0 uses every position)")
+        batch = int(options.get("batch_size", 32) or 32)
+        if batch < 1:
+            raise OptionError(f"--batch-size {batch}: must be at least 1")
+        return cls(
+            ratio,
+            mode,
+            allocation,
+            None if max_error is None else float(max_error),
+            damping,
+            bool(options.get("sequential", False)),
+            positions or None,
+            batch,
+            bool(options.get("progress", False)),
+            int(options.seed),
+        )
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """A pruned layer: its new W~ and what the error was predicted and measured to be."""
+
+    layer: Layer
+    matrix: np.ndarray
+    predicted: float
+    measured: float
+    energy: float
+    density: float
+    damping: float
+
+    def note(self) -> dict:
+        return {
+            "layer": self.layer.node,
+            "op_type": self.layer.op_type,
+            "predicted_error": self.predicted,
+            "measured_error": self.measured,
+            "relative_error": self.measured / self.energy if self.energy > 0 else 0.0,
+            "density": self.density,
+            "damping": self.damping,
+        }
+
+
+# ---- one layer ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerTrace:
+    """A layer with its removal sequence computed: `cumulative[k]` is the predicted error after the
+    first k+1 removals of `sequence` (nondecreasing), so any count of removals can be finished."""
+
+    layer: Layer
+    original: np.ndarray
+    start: np.ndarray
+    stats: LayerStats
+    damped: np.ndarray
+    inverse: np.ndarray
+    damping: float
+    energy: float
+    candidates: np.ndarray
+    sequence: np.ndarray
+    cumulative: np.ndarray
+    base: float
+    mode: str
+
+    def count_for(self, ratio: float | None, max_error: float | None) -> int:
+        """Removals for a share `ratio` of the weights, or within `max_error` x the output energy."""
+        if max_error is not None:
+            return int(np.searchsorted(self.cumulative, max_error * self.energy, side="right"))
+        return min(len(self.sequence), math.floor(ratio * self.layer.rows * self.layer.inputs + 1e-9))
+
+    def finish(self, count: int) -> LayerOutcome:
+        """Apply the first `count` removals: W~, predicted and measured error."""
+        groups = self.layer.row_group
+        if self.mode == "exact":
+            new = _exact_rows(self, count)
+        else:
+            new = _faithful_rows(self, count)
+        predicted = self.base + (float(self.cumulative[count - 1]) if count > 0 else 0.0)
+        measured = self.stats.error(new, self.original, groups)
+        kept = new[:, self.candidates]
+        density = float(np.count_nonzero(kept) / max(1, kept.size))
+        return LayerOutcome(self.layer, new, predicted, float(measured), self.energy, density, self.damping)
+
+
+def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Settings) -> LayerTrace:
+    """The removal sequence of W~ = `m0` [O, width] against the statistics of its input: exact mode,
+    the per-row OBC traces merged by loss; faithful mode, the one L-OBS ranking. With a reference
+    (--sequential), the rows first move to w* = H^-1 C w, the best dense weights for the original
+    output, and are pruned from there."""
+    prep = prepare(stats.hessian, settings.damping)
+    groups = layer.row_group
+    m0 = np.asarray(m0, dtype=np.float64)
+    m = stats.target(m0, prep.inverse, groups)
+    m[prep.dead[groups]] = 0.0  # inputs that are always zero: their weights go
+    base = stats.error(m, m0, groups) if stats.cross is not None else 0.0
+    candidates = np.ones(layer.width, dtype=bool)
+    if layer.bias:
+        candidates[-1] = False
+    if settings.mode == "exact":
+        order, losses = _obc_traces(m, prep.inverse, groups, candidates)
+        steps = losses.shape[1]
+        monotone = np.maximum.accumulate(losses, axis=1).reshape(-1)
+        merged = np.argsort(monotone, kind="stable")  # stable: within a row, prefixes are taken
+        sequence = order.reshape(-1)[merged] + (merged // steps) * m.shape[1]
+        cumulative = np.cumsum(losses.reshape(-1)[merged])
+    else:
+        diag = np.einsum("gii->gi", prep.inverse)[groups]
+        scores = np.where(candidates[None, :], m * m / (2.0 * diag), np.inf).reshape(-1)
+        sequence = np.argsort(scores, kind="stable")
+        sequence = sequence[np.isfinite(scores[sequence])]
+        cumulative = np.cumsum(scores[sequence])
+    return LayerTrace(
+        layer, m0, m, stats, prep.hessian, prep.inverse, prep.damping, stats.energy(m0, groups),
+        candidates, sequence, cumulative, base, settings.mode,
+    )  # fmt: skip
+
+
+def prune_layer(layer: Layer, m0: np.ndarray, h: np.ndarray | LayerStats, settings: Settings) -> LayerOutcome:
+    """Prune one layer to `settings.ratio` of its weights removed (or `--max-layer-error`); `h` is the
+    input Hessian [groups, width, width] or the full statistics."""
+    stats = h if isinstance(h, LayerStats) else LayerStats(np.asarray(h, dtype=np.float64))
+    trace = trace_layer(layer, m0, stats, settings)
+    return trace.finish(trace.count_for(settings.ratio, settings.max_error))
+
+
+def global_counts(traces: list[LayerTrace], ratio: float) -> list[int]:
+    """Removals per layer so that `ratio` of all their weights go where the *relative* predicted
+    error (error / output energy) stays lowest: one common tolerance for every layer."""
+    relative = [t.cumulative / max(t.energy, _TINY) for t in traces]
+    total = math.floor(ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
+    owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(relative)] + [np.zeros(0, int)])
+    values = np.concatenate(relative + [np.zeros(0)])
+    chosen = owner[np.argsort(values, kind="stable")[:total]]
+    return np.bincount(chosen, minlength=len(traces)).tolist()
+
+
+def _exact_rows(trace: LayerTrace, count: int) -> np.ndarray:
+    """Each row with removals is the least-squares optimum for its mask: w_K = H_KK^-1 (H w)_K."""
+    m, width = trace.start, trace.start.shape[1]
+    new = np.array(m)
+    rows, columns = np.divmod(trace.sequence[:count], width)
+    groups = trace.layer.row_group
+    for r in np.unique(rows):
+        keep = np.ones(width, dtype=bool)
+        keep[columns[rows == r]] = False
+        h = trace.damped[groups[r]]
+        new[r] = 0.0
+        new[r, keep] = np.linalg.solve(h[np.ix_(keep, keep)], h[keep] @ m[r])
+    return new
+
+
+def _obc_traces(m, inverse, groups, candidates):
+    """Per row r: the greedy removal order of its candidate columns and each step's L_q, with H^-1
+    downdated after every removal. Rows run together in chunks ([rows, width, width] in memory)."""
+    rows, width = m.shape
+    steps = int(candidates.sum())
+    order = np.zeros((rows, steps), dtype=np.int64)
+    losses = np.zeros((rows, steps))
+    chunk = max(1, CHUNK_BYTES // (8 * width * width))
+    for start in range(0, rows, chunk):
+        part = slice(start, min(rows, start + chunk))
+        order[part], losses[part] = _obc_chunk(m[part], inverse[groups[part]], candidates, steps)
+    return order, losses
+
+
+def _obc_chunk(w, hinv, candidates, steps):
+    w, hinv = np.array(w), np.array(hinv)
+    count, width = w.shape
+    ar = np.arange(count)
+    columns = np.broadcast_to(np.arange(width), (count, width)).copy()
+    alive = np.broadcast_to(candidates, (count, width)).copy()
+    order = np.zeros((count, steps), dtype=np.int64)
+    losses = np.zeros((count, steps))
+    for t in range(steps):
+        diag = np.maximum(np.einsum("rii->ri", hinv), _TINY)
+        score = np.where(alive, w * w / diag, np.inf)
+        q = score.argmin(axis=1)
+        hq, wq = diag[ar, q], w[ar, q]
+        losses[:, t] = wq * wq / (2.0 * hq)
+        order[:, t] = columns[ar, q]
+        row = hinv[ar, q, :].copy()
+        w -= (wq / hq)[:, None] * row
+        w[ar, q] = 0.0
+        hinv -= (row / hq[:, None])[:, :, None] * row[:, None, :]
+        alive[ar, q] = False
+        live = int(alive[0].sum()) + int((~candidates).sum())
+        if t + 1 < steps and live <= COMPACT_AT * w.shape[1]:
+            w, hinv, columns, alive = _compact(w, hinv, columns, alive, candidates)
+    return order, losses
+
+
+def _compact(w, hinv, columns, alive, candidates):
+    """Drop the removed columns (every row has removed as many): later steps cost less."""
+    keep = alive | ~candidates[columns]
+    idx = np.nonzero(keep)[1].reshape(len(w), -1)
+    ar = np.arange(len(w))[:, None]
+    return w[ar, idx], hinv[ar[:, :, None], idx[:, :, None], idx[:, None, :]], columns[ar, idx], alive[ar, idx]
+
+
+def _faithful_rows(trace: LayerTrace, count: int) -> np.ndarray:
+    """L-OBS updates in rank order with the fixed H^-1; weights already removed are kept at zero."""
+    new, width = np.array(trace.start), trace.start.shape[1]
+    rows, columns = np.divmod(trace.sequence[:count], width)
+    by_row = np.argsort(rows, kind="stable")  # rank order is kept within each row
+    first = np.searchsorted(rows[by_row], rows[by_row])
+    rank = np.empty(count, dtype=np.int64)
+    rank[by_row] = np.arange(count) - first
+    removed = np.zeros(new.shape, dtype=bool)
+    groups = trace.layer.row_group
+    for t in range(int(rank.max(initial=-1)) + 1):
+        pick = rank == t
+        r, q = rows[pick], columns[pick]
+        h = trace.inverse[groups[r], q, :]
+        new[r] -= (new[r, q] / h[np.arange(len(q)), q])[:, None] * h
+        removed[r, q] = True
+        new[removed] = 0.0
+    return new
+
+
+# ---- the method --------------------------------------------------------------------------------
+def layer_waves(index: GraphIndex, layers: list[Layer]) -> list[list[Layer]]:
+    """Layers in waves: a layer's input depends only on layers of earlier waves (depth = 1 + the
+    deepest layer upstream of its input)."""
+    by_node = {layer.node: layer for layer in layers}
+    up: dict[str, int] = {}
+    depth: dict[str, int] = {}
+    for node in index.nodes:
+        level = max((up.get(i, 0) for i in node.input if i), default=0)
+        if node.name in by_node:
+            depth[node.name] = 1 + up.get(by_node[node.name].input, 0)
+            level = max(level, depth[node.name])
+        for out in node.output:
+            up[out] = level
+    waves: dict[int, list[Layer]] = {}
+    for layer in layers:
+        waves.setdefault(depth[layer.node], []).append(layer)
+    return [waves[k] for k in sorted(waves)]
+
+
+def with_updates(model: onnx.ModelProto, updates: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers named in `updates` hold the new values (same shapes)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for position, tensor in enumerate(copy.graph.initializer):
+        if tensor.name in updates:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            copy.graph.initializer[position].CopyFrom(make_tensor(updates[tensor.name].astype(dtype), tensor.name))
+    return copy
+
+
+def layer_weights(index: GraphIndex, layer: Layer) -> np.ndarray:
+    """W~ of `layer` as the model holds it."""
+    bias = index.constant(layer.bias) if layer.bias else None
+    return layer.matrix(index.constant(layer.weight), bias)
+
+
+def write_layer(index: GraphIndex, layer: Layer, m: np.ndarray, updates: dict[str, np.ndarray]) -> None:
+    """Put W~ = `m` back into `updates` at the initializers' shapes and dtypes; refuse non-finite."""
+    weight, bias = layer.unmatrix(m)
+    if not np.isfinite(m).all():
+        raise ValidationError(
+            f"layer '{layer.node}': the OBS update is not finite; nothing is written. "
+            "Use more calibration samples or a larger --damping"
+        )
+    updates[layer.weight] = weight.astype(index.constant(layer.weight).dtype)
+    if bias is not None:
+        updates[layer.bias] = bias.astype(index.constant(layer.bias).dtype)
+
+
+def zero_read_channels(ctx: MethodContext, updates: dict[str, np.ndarray]) -> set[int]:
+    """Free channels that every consumer reads with all-zero weights: removing them changes nothing."""
+    removed: set[int] = set()
+    for group in ctx.eligible_groups():
+        if not group.consumers:
+            continue
+        free = np.asarray(group.free)
+        unread = np.ones(len(free), dtype=bool)
+        for role in group.consumers:
+            value = updates.get(role.weight)
+            value = ctx.index.constant(role.weight) if value is None else value
+            line = ctx.analysis.const_labels[role.weight][role.axis]
+            flat = np.moveaxis(np.asarray(value), role.axis, 0).reshape(value.shape[role.axis], -1)
+            read = np.unique(line[(flat != 0).any(axis=1)])
+            unread &= ~np.isin(free, read)
+        removed.update(free[unread].tolist())
+    return repair_empty(ctx.analysis, removed, {})
+
+
+def _decide(ctx: MethodContext) -> PruningPlan:
+    settings = Settings.from_options(ctx.options, "lobs")
+    found, skipped = find_layers(ctx.index)
+    layers = select_layers(found, ctx.options.include, ctx.options.exclude)
+    waves = layer_waves(ctx.index, layers) if settings.sequential else [layers]
+    spread = settings.allocation == "global" and settings.max_error is None
+    fixed: dict[str, int] = {}
+    passes = len(waves)
+    if spread and settings.sequential:  # the allocation needs every layer's trace: one extra pass
+        fixed = _global_allocation(_traces(ctx, settings, layers, {}, "lobs allocation"), settings.ratio)
+        passes += 1
+    updates: dict[str, np.ndarray] = {}
+    outcomes = []
+    for number, wave in enumerate(waves):
+        traces = _traces(ctx, settings, wave, updates, f"lobs statistics {number + 1}/{len(waves)}")
+        if spread and not fixed:  # not sequential: this one wave holds every layer
+            fixed = _global_allocation(traces, settings.ratio)
+        for trace in traces:
+            count = fixed[trace.layer.node] if spread else trace.count_for(settings.ratio, settings.max_error)
+            outcome = trace.finish(count)
+            write_layer(ctx.index, trace.layer, outcome.matrix, updates)
+            outcomes.append(outcome)
+    removed = zero_read_channels(ctx, updates)
+    notes: dict = {
+        "layers": [o.note() for o in outcomes],
+        "lobs_mode": settings.mode,
+        "lobs_allocation": settings.allocation if settings.max_error is None else "max-layer-error",
+        "skipped_layers": skipped,
+        "density": _overall_density(outcomes),
+        "statistics_passes": passes,
+    }
+    for group in ctx.eligible_groups():
+        gone = sum(1 for c in group.channels if c in removed)
+        if gone:
+            notes[group.id] = {"removed": gone, "why": "every consumer weight reading it is zero"}
+    return PruningPlan(frozenset(removed), updates, "lobs", notes)
+
+
+def _traces(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
+    """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
+    statistics are taken on the model with them applied, paired with the original model's."""
+    model = with_updates(ctx.model, updates) if updates else ctx.model
+    stats = collect_stats(
+        model,
+        layers,
+        ctx.calibration,
+        ctx.model if updates else None,
+        settings.batch_size,
+        ctx.providers,
+        settings.progress,
+        settings.max_positions,
+        settings.seed,
+        description,
+    )
+    return [trace_layer(layer, layer_weights(ctx.index, layer), stats.pop(layer.node), settings) for layer in layers]
+
+
+def _global_allocation(traces: list[LayerTrace], ratio: float) -> dict[str, int]:
+    return dict(zip((t.layer.node for t in traces), global_counts(traces, ratio), strict=True))
+
+
+def _overall_density(outcomes: list[LayerOutcome]) -> float:
+    total = sum(o.layer.rows * o.layer.inputs for o in outcomes)
+    kept = sum(o.density * o.layer.rows * o.layer.inputs for o in outcomes)
+    return kept / total if total else 1.0
+
+
+LOBS = Method(
+    "lobs",
+    _decide,
+    needs_data=True,
+    description="layer-wise OBS, unstructured: zeros with least-squares compensation (--ratio = weights removed)",
+)
+EXPORTED = (LOBS,)
+OPTIONS = (
+    MethodOption("--lobs-mode", "lobs_mode", "exact", "lobs: exact (OBC greedy per row) or faithful (L-OBS)", str),
+    MethodOption(
+        "--lobs-allocation",
+        "lobs_allocation",
+        "layer",
+        "lobs: layer (--ratio of every layer's weights) or global (--ratio of all weights, spread so that every "
+        "layer has the same relative error)",
+        str,
+    ),
+    MethodOption(
+        "--max-layer-error",
+        "max_layer_error",
+        None,
+        "lobs: instead of --ratio, remove weights while each layer's error stays below this fraction of its "
+        "output energy",
+        float,
+    ),
+    MethodOption("--damping", "damping", 0.01, "lobs/obs: Hessian damping lambda (H += lambda mean(diag H) I)", float),
+    MethodOption(
+        "--sequential",
+        "sequential",
+        False,
+        "lobs/obs: collect each layer's statistics on the model already pruned before it (more passes)",
+        is_flag=True,
+    ),
+    MethodOption(
+        "--max-positions",
+        "max_positions",
+        4096,
+        "lobs/obs: rows per batch and layer sampled for the Hessian (Conv positions, tokens); 0 = all",
+        int,
+    ),
+)

@@ -1,4 +1,117 @@
-"""Placeholder: the wanda method is being written."""
+"""Wanda: pruning by weights and activations (Sun, Liu, Bair & Kolter, arXiv 2306.11695).
 
-EXPORTED = ()
-OPTIONS = ()
+Unstructured: weight w_ji (output j, input i) scores |w_ji| * ||x_i||_2, the L2 norm of input i over all
+calibration rows (samples x tokens); in each output row, the floor(ratio * row length) lowest-scoring
+weights are zeroed, with no update of the others. For a Conv, x_i is a column of the im2col matrix
+(input channel c at kernel position k, over samples and output positions, with the layer's padding):
+the row of filter j holds its C/g * kh * kw entries. Biases are kept.
+
+Structured (--structured): channel c of a group scores sum over the group's consumers of
+sum_{j, k} |W[j, c, k]| ||x_{c,k}||_2 (over every position the channel occupies in the consumer, e.g. the
+H*W positions after a Flatten); the lowest --ratio of each group's channels are removed physically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OptionError
+from ..plan import PruningPlan
+from .activity import layer_statistics
+from .base import Method, MethodContext
+from .layer_view import Workspace, find_layers, layers_by_node
+from .neurons import nonzero_params
+from .options import MethodOption
+from .select import lowest, repair_empty
+
+
+def _ratio(ctx: MethodContext) -> float:
+    if isinstance(ctx.options.ratio, str):
+        raise OptionError("--method wanda: --ratio auto is not supported; give the fraction to remove, e.g. 0.5")
+    return float(ctx.options.ratio)
+
+
+def row_mask(scores: np.ndarray, ratio: float) -> np.ndarray:
+    """Per row of `scores` [O, n]: False on the floor(ratio * n) lowest entries (ties: first ones)."""
+    remove = math.floor(ratio * scores.shape[1] + 1e-9)
+    keep = np.ones(scores.shape, dtype=bool)
+    if remove:
+        order = np.argsort(scores, axis=1, kind="stable")[:, :remove]
+        np.put_along_axis(keep, order, False, axis=1)
+    return keep
+
+
+def _decide_unstructured(ctx: MethodContext) -> PruningPlan:
+    ratio = _ratio(ctx)
+    targets = find_layers(ctx.index, ctx.options.include, ctx.options.exclude)
+    stats = layer_statistics(ctx, targets)
+    space, rows = Workspace(ctx.index), []
+    for layer in targets:
+        matrix = layer.matrix(space.get(layer.weight))  # a view into the workspace
+        scores = np.abs(matrix) * stats[layer.node].column_norms(layer)
+        keep = row_mask(scores.reshape(len(scores), -1), ratio).reshape(matrix.shape)
+        matrix *= keep
+        rows.append({"node": layer.node, "weights": int(keep.size), "kept": int(keep.sum())})
+    plan = PruningPlan(frozenset(), space.changed(), "wanda")
+    notes = {"layers": rows, "nonzero_params_after": nonzero_params(ctx.index, ctx.analysis, plan)}
+    return PruningPlan(plan.removed, plan.updates, "wanda", notes)
+
+
+def channel_scores(ctx: MethodContext, group, views, stats) -> np.ndarray | None:
+    """sum over consumers, outputs j and kernel positions k of |W[j, c, k]| ||x_{c,k}|| per free channel."""
+    totals = np.zeros(len(group.free))
+    position = {c: i for i, c in enumerate(group.free)}
+    scored = False
+    for role in group.consumers:
+        layer = views.get(role.node)
+        if layer is None or role.node not in stats:
+            continue
+        matrix = layer.matrix(np.asarray(ctx.index.constant(layer.weight), dtype=np.float64))
+        per_input = (np.abs(matrix) * stats[role.node].column_norms(layer)).sum(axis=(0, 2))  # [I]
+        line = ctx.analysis.const_labels[role.weight][role.axis]
+        mine = np.isin(line, group.free)
+        np.add.at(totals, [position[c] for c in line[mine].tolist()], per_input[mine])
+        scored = True
+    return totals if scored else None
+
+
+def _decide_structured(ctx: MethodContext) -> PruningPlan:
+    ratio = _ratio(ctx)
+    views = layers_by_node(ctx.index)
+    groups = ctx.eligible_groups()
+    readers = {role.node: views[role.node] for g in groups for role in g.consumers if role.node in views}
+    stats = layer_statistics(ctx, list(readers.values()))
+    removed, scores, notes, unscored = set(), {}, {}, []
+    for group in groups:
+        values = channel_scores(ctx, group, views, stats)
+        if values is None:
+            unscored.append(group.id)
+            continue
+        scores.update(zip(group.free, values.tolist(), strict=True))
+        removed.update(lowest(group, values, ratio, ctx.options))
+    removed = repair_empty(ctx.analysis, removed, scores)
+    for group in groups:
+        notes[group.id] = {"removed": sum(1 for c in group.channels if c in removed)}
+    if unscored:
+        notes["unscored_groups"] = unscored
+    return PruningPlan(frozenset(removed), {}, "wanda", notes)
+
+
+def _decide(ctx: MethodContext) -> PruningPlan:
+    return _decide_structured(ctx) if ctx.options.get("structured") else _decide_unstructured(ctx)
+
+
+WANDA = Method(
+    "wanda",
+    _decide,
+    needs_data=True,
+    description="Wanda: |w| * ||x||_2, lowest --ratio per output row zeroed (--structured: whole channels)",
+)
+EXPORTED = (WANDA,)
+OPTIONS = (
+    MethodOption(
+        "--structured/--unstructured", "structured", False, "wanda: score and remove whole channels", is_flag=True
+    ),
+)

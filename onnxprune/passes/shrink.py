@@ -187,7 +187,7 @@ def _gather_indices(editor: _Editor, record: GatherIndices, sizes: _NewSizes, an
     indices = editor.input_values(record.node, 1)
     normalized = np.where(indices < 0, indices + len(kept), indices)
     new_position = np.cumsum(kept) - 1
-    survivors = normalized[kept[normalized]]
+    survivors = normalized[kept[normalized]] if normalized.ndim else normalized  # a scalar pick is frozen
     editor.set_input(record.node, 1, new_position[survivors].astype(indices.dtype))
 
 

@@ -1,0 +1,142 @@
+"""Calibration data the way onnxruntime's quantization tools take it, and the streaming collector."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from graphs import Builder
+from onnxruntime.quantization import CalibrationDataReader
+
+from onnxprune import PruneOptions, prune, runtime
+from onnxprune.calibration import collect
+from onnxprune.errors import CalibrationError
+from onnxprune.feeds import Dataset, load_dataset
+
+
+def _model() -> onnx.ModelProto:
+    b = Builder(seed=0)
+    x = b.input("image", ["N", 2, 5, 5])
+    y = b.relu(b.conv(x, 2, 3, 3, name="conv"))
+    y = b.node("Flatten", [y], axis=1)
+    b.output(b.gemm(y, 75, 4, trans_b=1, name="fc"))
+    return b.model()
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 2, 5, 5)).astype(np.float32)
+
+
+class DigitsReader(CalibrationDataReader):
+    """Written like the CalibrationDataReader of onnxruntime's quantization examples: the input name
+    comes from an InferenceSession, get_next() hands out one single-image batch per call."""
+
+    def __init__(self, model_bytes: bytes, images: np.ndarray) -> None:
+        self.enum_data = None
+        session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        self.input_name = session.get_inputs()[0].name
+        self.nchw_data_list = [image[None] for image in images]
+        self.datasize = len(self.nchw_data_list)
+
+    def get_next(self):
+        if self.enum_data is None:
+            self.enum_data = iter([{self.input_name: data} for data in self.nchw_data_list])
+        return next(self.enum_data, None)
+
+    def rewind(self):
+        self.enum_data = None
+
+
+def test_every_source_gives_the_same_dataset(tmp_path):
+    model = _model()
+    images, labels = _images(6), np.arange(6)
+    np.savez(tmp_path / "calib.npz", image=images, labels=labels)
+    (tmp_path / "npy").mkdir()
+    (tmp_path / "npz").mkdir()
+    for k, image in enumerate(images):
+        np.save(tmp_path / "npy" / f"{k:02d}.npy", image[None])
+        np.savez(tmp_path / "npz" / f"{k:02d}.npz", image=image)  # one sample without the batch axis
+    sources = {
+        "npz": str(tmp_path / "calib.npz"),
+        "npy folder": tmp_path / "npy",
+        "npz folder": tmp_path / "npz",
+        "dict": {"image": images},
+        "feed dicts": [{"image": images[k : k + 2]} for k in range(0, 6, 2)],
+        "reader": DigitsReader(model.SerializeToString(), images),
+    }
+    for name, source in sources.items():
+        data = load_dataset(source, model)
+        np.testing.assert_array_equal(data.feeds["image"], images, err_msg=name)
+    assert load_dataset(sources["npz"], model).labels.tolist() == labels.tolist()
+    assert len(load_dataset(sources["npz"], model, limit=4)) == 4
+
+
+def test_lobs_and_obs_run_from_a_calibration_data_reader():
+    model = _model()
+    for method in ("lobs", "obs"):
+        reader = DigitsReader(model.SerializeToString(), _images(12))
+        result = prune(model, method, PruneOptions(ratio=0.5), calibration=reader, providers="cpu")
+        assert result.report["validation_source"] == "calibration data"
+        assert result.report["params_after"] <= result.report["params_before"]
+
+
+@pytest.mark.parametrize(
+    "feeds, message",
+    [
+        ({"pixels": _images(3)}, "no data for model input 'image' (found: pixels)"),
+        ({"image": _images(3)[:, :, :4]}, "input 'image' has shape (3, 2, 4, 5), the model expects [N, 2, 5, 5]"),
+        ({"image": _images(3)[:, 0]}, "input 'image' has rank 3, the model expects rank 4"),
+        ({"image": _images(3).astype(bool)}, "input 'image' has dtype bool, the model expects float32"),
+        ({"image": np.where(_images(3) > 2, np.inf, _images(3))}, "input 'image' contains NaN or Inf"),
+        ({"image": _images(0)}, "input 'image' holds no samples"),
+        ([], "the data source is empty"),
+    ],
+    ids=["name", "shape", "rank", "dtype", "inf", "no samples", "empty"],
+)
+def test_bad_calibration_data_is_one_clear_error(feeds, message):
+    with pytest.raises(CalibrationError) as error:
+        load_dataset(feeds, _model())
+    assert message in str(error.value)
+    assert str(error.value).startswith("--calib")
+
+
+def test_a_float64_array_is_accepted_for_a_float32_input():
+    data = load_dataset({"image": _images(2).astype(np.float64)}, _model())
+    assert data.feeds["image"].dtype == np.float32
+
+
+def test_collect_streams_batches_of_the_requested_tensors():
+    model = _model()
+    images = _images(10)
+    names = ["conv_out", model.graph.output[0].name]
+    seen: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    count = collect(model, Dataset({"image": images}), {n: [seen[n].append] for n in names}, batch_size=4)
+    assert count == 10
+    assert [len(a) for a in seen["conv_out"]] == [4, 4, 2]
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.ValueInfoProto(name="conv_out"))
+    full = runtime.run(runtime.session(exposed), {"image": images})
+    np.testing.assert_allclose(np.concatenate(seen["conv_out"]), full[1], rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate(seen[names[1]]), full[0], rtol=1e-6)
+
+
+def test_collect_shows_a_progress_bar_per_batch_only_when_asked(capfd):
+    model = _model()
+    data = Dataset({"image": _images(9)})
+    collect(model, data, {"conv_out": [lambda a: None]}, batch_size=3, progress=True, description="stats")
+    assert "stats" in capfd.readouterr().err
+    collect(model, data, {"conv_out": [lambda a: None]}, batch_size=3, progress=False)
+    assert capfd.readouterr().err == ""
+
+
+def test_provider_auto_is_quiet_and_works(capfd):
+    providers = runtime.resolve_providers("auto")
+    assert providers[-1] == "CPUExecutionProvider"
+    session = runtime.session(_model(), providers)
+    assert session.run(None, {"image": _images(1)})[0].shape == (1, 4)
+    assert capfd.readouterr().err == ""
+    if "CUDAExecutionProvider" not in providers:
+        with pytest.raises(Exception, match="--providers cuda"):
+            runtime.resolve_providers("cuda")

@@ -1,0 +1,269 @@
+"""Hessian statistics: im2col order against onnxruntime, W~ conventions, streaming sums, damping."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from graphs import Builder
+
+from onnxprune import runtime
+from onnxprune.errors import CalibrationError
+from onnxprune.feeds import Dataset
+from onnxprune.graph import GraphIndex
+from onnxprune.hessian import (
+    HessianSum,
+    LayerStats,
+    cholesky_inverse,
+    collect_hessians,
+    collect_stats,
+    find_layers,
+    layer_error,
+    prepare,
+)
+from onnxprune.io import tensor_array
+from onnxprune.patches import patches
+
+CONV_CASES = [
+    # (spatial input, cin, cout, kernel, attributes)
+    ((7, 6), 4, 6, (3, 3), {"pads": [1, 1, 1, 1]}),
+    ((9, 8), 4, 6, (3, 2), {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [1, 2]}),
+    ((8, 8), 6, 4, (3, 3), {"group": 2, "pads": [0, 1, 1, 0], "strides": [2, 2]}),
+    ((7, 7), 4, 4, (3, 3), {"group": 4, "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((6, 7), 3, 5, (2, 3), {"auto_pad": "SAME_LOWER", "strides": [2, 1]}),
+    ((6, 6), 3, 2, (3, 3), {"auto_pad": "VALID"}),
+    ((11,), 3, 5, (3,), {"pads": [2, 1], "strides": [2], "dilations": [2]}),
+    ((10,), 4, 4, (5,), {"group": 2, "auto_pad": "SAME_UPPER"}),
+]
+
+
+def _conv_model(spatial, cin, cout, kernel, attrs, bias=True):
+    b = Builder(seed=3)
+    x = b.input("x", ["N", cin, *spatial])
+    attrs = dict(attrs)
+    group = attrs.pop("group", 1)
+    pads = attrs.pop("pads", None)
+    if "auto_pad" in attrs:
+        y = b.node(
+            "Conv",
+            [x, b.rand((cout, cin // group, *kernel), "w")] + ([b.rand((cout,), "b")] if bias else []),
+            name="conv",
+            group=group,
+            **attrs,
+        )
+    else:
+        y = b.conv(x, cin, cout, kernel, group=group, bias=bias, name="conv", pads=pads, **attrs)
+    b.output(y)
+    return b.model()
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0])}d-{c[4]}")
+def test_patches_times_weights_reproduce_onnxruntime_conv(case):
+    spatial, cin, cout, kernel, attrs = case
+    model = _conv_model(spatial, cin, cout, kernel, attrs, bias=False)
+    x = np.random.default_rng(0).standard_normal((2, cin, *spatial)).astype(np.float32)
+    (y,) = runtime.run(runtime.session(model), {"x": x})
+    index = GraphIndex.build(model)
+    layer = find_layers(index)[0]["conv"]
+    w = index.constant(layer.weight).astype(np.float64)
+    groups = layer.groups
+    per = cout // groups
+    rows = patches(x.astype(np.float64), layer.conv, layer.kernel, groups)
+    for g, p in enumerate(rows):
+        expected = np.moveaxis(y[:, g * per : (g + 1) * per], 1, -1).reshape(-1, per)
+        np.testing.assert_allclose(p @ w[g * per : (g + 1) * per].reshape(per, -1).T, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[6:7], ids=["plain", "strided", "grouped", "1d"])
+def test_conv_layer_matrix_gives_onnxruntime_output_with_bias(case):
+    """Z = X~ W~^T with X~ = [patches, 1] and W~ = [W.reshape(O, -1), b] per group."""
+    spatial, cin, cout, kernel, attrs = case
+    model = _conv_model(spatial, cin, cout, kernel, attrs, bias=True)
+    x = np.random.default_rng(1).standard_normal((3, cin, *spatial)).astype(np.float32)
+    (y,) = runtime.run(runtime.session(model), {"x": x})
+    index = GraphIndex.build(model)
+    layer = find_layers(index)[0]["conv"]
+    m = layer.matrix(index.constant(layer.weight), index.constant(layer.bias))
+    rows = layer.input_rows(x.astype(np.float64), None, np.random.default_rng(0))
+    per = cout // layer.groups
+    for g, p in enumerate(rows):
+        z = np.hstack([p, np.ones((len(p), 1))]) @ m[layer.row_group == g].T
+        expected = np.moveaxis(y[:, g * per : (g + 1) * per], 1, -1).reshape(-1, per)
+        np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
+
+
+def _dense_model(kind: str):
+    b = Builder(seed=5)
+    if kind == "matmul3d":
+        x = b.input("x", ["N", 5, 6])
+        y = b.matmul(x, 6, 4, name="layer")
+    elif kind == "gemm_transA":
+        x = b.input("x", [6, "N"])
+        y = b.node(
+            "Gemm",
+            [x, b.rand((4, 6), "layer.w"), b.rand((1, 4), "layer.b")],
+            name="layer",
+            transA=1,
+            transB=1,
+            alpha=0.7,
+            beta=1.3,
+        )
+    else:
+        x = b.input("x", ["N", 6])
+        y = b.gemm(x, 6, 4, trans_b=0, name="layer", alpha=2.0, beta=0.5)
+    b.output(y)
+    return b.model()
+
+
+@pytest.mark.parametrize("kind", ["gemm", "gemm_transA", "matmul3d"])
+def test_dense_layer_matrix_reproduces_output_and_round_trips(kind):
+    model = _dense_model(kind)
+    index = GraphIndex.build(model)
+    layer = find_layers(index)[0]["layer"]
+    assert layer.bias is not None
+    rng = np.random.default_rng(2)
+    shape = {"gemm": (7, 6), "gemm_transA": (6, 7), "matmul3d": (3, 5, 6)}[kind]
+    x = rng.standard_normal(shape).astype(np.float32)
+    (y,) = runtime.run(runtime.session(model), {"x": x})
+    weight, bias = index.constant(layer.weight), index.constant(layer.bias)
+    m = layer.matrix(weight, bias)
+    (rows,) = layer.input_rows(x.astype(np.float64), None, rng)
+    z = np.hstack([rows, np.ones((len(rows), 1))]) @ m.T
+    np.testing.assert_allclose(z, y.reshape(-1, layer.rows), rtol=1e-4, atol=1e-4)
+    back_w, back_b = layer.unmatrix(m)
+    np.testing.assert_allclose(back_w, weight, rtol=1e-6)
+    np.testing.assert_allclose(back_b, bias, rtol=1e-6)
+
+
+def test_hessian_is_streamed_over_batches_and_equals_full_product():
+    model = _dense_model("matmul3d")
+    index = GraphIndex.build(model)
+    layer = find_layers(index)[0]["layer"]
+    x = np.random.default_rng(4).standard_normal((11, 5, 6)).astype(np.float32)
+    rows = np.hstack([x.reshape(-1, 6).astype(np.float64), np.ones((55, 1))])
+    expected = rows.T @ rows / len(rows)
+    for batch in (1, 4, 11):
+        h = collect_hessians(model, [layer], Dataset({"x": x}), batch_size=batch)["layer"]
+        np.testing.assert_allclose(h[0], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_position_subsampling_takes_a_random_subset_of_the_rows():
+    model = _conv_model((8, 8), 3, 4, (3, 3), {"pads": [1, 1, 1, 1]})
+    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    full = layer.input_rows(x, None, np.random.default_rng(0))[0]
+    sub = layer.input_rows(x, 20, np.random.default_rng(7))[0]
+    assert sub.shape == (20, full.shape[1])
+    matches = (np.abs(sub[:, None, :] - full[None]).max(axis=2) == 0).any(axis=1)
+    assert matches.all()
+    summed = HessianSum(layer, max_positions=20, seed=1)
+    summed(x.astype(np.float32))
+    assert summed.count == 20
+
+
+def test_dead_inputs_get_unit_diagonal_and_damping_is_relative_to_the_mean_diagonal():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 4))
+    x[:, 2] = 0.0
+    h = (x.T @ x / 50)[None]
+    prep = prepare(h, damping=0.1)
+    assert prep.dead[0].tolist() == [False, False, True, False]
+    live_mean = np.diag(h[0])[[0, 1, 3]].mean()
+    assert prep.hessian[0, 2, 2] == pytest.approx(1.0 + 0.1 * live_mean)
+    assert np.all(prep.hessian[0, 2, [0, 1, 3]] == 0)
+    np.testing.assert_allclose(prep.inverse[0] @ prep.hessian[0], np.eye(4), atol=1e-10)
+
+
+def test_singular_hessian_without_damping_falls_back_to_a_small_damping():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 3))
+    x = np.hstack([x, x[:, :1] + x[:, 1:2]])  # the 4th input is a combination of two others
+    h = (x.T @ x / 30)[None]
+    assert cholesky_inverse(h[0]) is None
+    prep = prepare(h, damping=0.0)
+    assert prep.damping > 0
+    assert np.isfinite(prep.inverse).all()
+    np.testing.assert_allclose(prep.inverse[0] @ prep.hessian[0], np.eye(4), atol=1e-6)
+
+
+def test_cholesky_inverse_matches_numpy_inverse():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 12))
+    h = a.T @ a
+    np.testing.assert_allclose(cholesky_inverse(h), np.linalg.inv(h), rtol=1e-8, atol=1e-10)
+    assert cholesky_inverse(-h) is None
+
+
+def test_layer_error_equals_squared_output_difference():
+    rng = np.random.default_rng(0)
+    x = np.hstack([rng.standard_normal((40, 5)), np.ones((40, 1))])
+    delta = rng.standard_normal((3, 6))
+    h = (x.T @ x / 40)[None]
+    expected = 0.5 * ((x @ delta.T) ** 2).sum() / 40
+    assert layer_error(delta, h, np.zeros(3, dtype=int)) == pytest.approx(expected)
+
+
+def test_paired_statistics_of_a_model_with_itself_are_all_the_hessian():
+    model = _conv_model((6, 6), 3, 4, (3, 3), {"pads": [1, 1, 1, 1]})
+    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((5, 3, 6, 6)).astype(np.float32)})
+    alone = collect_stats(model, [layer], data, batch_size=2)["conv"]
+    paired = collect_stats(model, [layer], data, reference=model, batch_size=2, max_positions=30)["conv"]
+    assert isinstance(paired, LayerStats)
+    np.testing.assert_allclose(paired.cross, paired.hessian, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(paired.reference, paired.hessian, rtol=1e-6, atol=1e-9)
+    full = collect_stats(model, [layer], data, reference=model, batch_size=2)["conv"]
+    np.testing.assert_allclose(full.hessian, alone.hessian, rtol=1e-6, atol=1e-9)
+
+
+def test_paired_statistics_see_the_other_weights():
+    """C = (1/n) X~^T X~_ref pairs the rows of two models that differ upstream."""
+    b = Builder(seed=1)
+    x = b.input("x", ["N", 4])
+    h1 = b.gemm(x, 4, 5, name="first")
+    b.output(b.gemm(b.relu(h1), 5, 3, name="second"))
+    model = b.model()
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    for tensor in other.graph.initializer:
+        if tensor.name == "first.w":
+            tensor.CopyFrom(onnx.numpy_helper.from_array(tensor_array(tensor) * 0.5, "first.w"))
+    layers = find_layers(GraphIndex.build(model))[0]
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)})
+    stats = collect_stats(other, [layers["second"]], data, reference=model, batch_size=4)["second"]
+    hidden = layers["second"].input
+    ref = np.hstack([runtime.run(runtime.session(_exposing(model, hidden)), data.feeds)[1], np.ones((9, 1))])
+    mine = np.hstack([runtime.run(runtime.session(_exposing(other, hidden)), data.feeds)[1], np.ones((9, 1))])
+    np.testing.assert_allclose(stats.cross[0], mine.T @ ref / 9, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats.reference[0], ref.T @ ref / 9, rtol=1e-5, atol=1e-7)
+
+
+def _exposing(model, name):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    return copy
+
+
+def test_collecting_non_finite_activations_is_an_error():
+    b = Builder(seed=0)
+    x = b.input("x", ["N", 3])
+    y = b.gemm(b.node("Log", [x]), 3, 2, name="layer")
+    b.output(y)
+    model = b.model()
+    layer = find_layers(GraphIndex.build(model))[0]["layer"]
+    data = Dataset({"x": -np.ones((4, 3), dtype=np.float32)})
+    with pytest.raises(CalibrationError, match="NaN"):
+        collect_hessians(model, [layer], data)
+
+
+def test_layers_with_shared_or_dynamic_weights_are_skipped_with_a_reason():
+    b = Builder(seed=0)
+    x = b.input("x", ["N", 4])
+    w = b.rand((4, 4), "shared")
+    y = b.node("MatMul", [b.node("MatMul", [x, w], name="a"), w], name="b")
+    z = b.node("MatMul", [y, b.input("dynamic", [4, 4])], name="c")
+    b.output(z)
+    layers, skipped = find_layers(GraphIndex.build(b.model()))
+    assert layers == {}
+    assert "shared" in skipped["a"] and "shared" in skipped["b"] and "not a constant" in skipped["c"]
