@@ -199,6 +199,32 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
     click.echo(json.dumps(result, indent=1))
 
 
+@cli.command(name="bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs per batch size.")
+@click.option("--warmup", default=3, show_default=True, type=int)
+@click.option("--threads", default=0, show_default=True, type=int, help="intra-op threads (0: onnxruntime's choice).")
+@click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str) -> None:
+    """Median onnxruntime latency of each model (e.g. original and pruned) per batch size."""
+    from . import runtime
+    from .bench import measure, table
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise OptionError(f"--batch-sizes {batch_sizes}: give integers separated by commas, e.g. 1,8") from None
+    if not sizes or min(sizes) < 1 or repeats < 1 or warmup < 0:
+        raise OptionError("--batch-sizes/--repeats: batch sizes and repeats must be positive")
+    chosen = runtime.resolve_providers(providers)
+    rows = []
+    for path in models:
+        io.load_model(path)  # one clear line for a bad file before onnxruntime sees it
+        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, label=path.name) for b in sizes)
+    click.echo("\n".join(table(rows)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr for user errors (exit 1; 2 for bad options)."""
     try:

@@ -217,3 +217,24 @@ def test_python_dash_m_entry_point(tmp_path):
     refused = subprocess.run([*run, "inspect", str(bad)], capture_output=True, text=True, env=env)
     assert refused.returncode == 1
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+
+
+def test_bench_command(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    assert invoke(capsys, "prune", LENET, "-o", out, "--ratio", "0.5", "-q", "--no-validate")[0] == 0
+    code, stdout, err = invoke(
+        capsys, "bench", LENET, out, "--batch-sizes", "1,4", "--repeats", "3", "--providers", "cpu"
+    )
+    assert code == 0, err
+    rows = [line.split() for line in stdout.strip().splitlines()[1:]]
+    assert [(r[0], int(r[1])) for r in rows] == [
+        ("lenet5.onnx", 1),
+        ("lenet5.onnx", 4),
+        ("small.onnx", 1),
+        ("small.onnx", 4),
+    ]
+    assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in rows)
+
+
+def test_bench_refuses_bad_batch_sizes(tmp_path, capsys):
+    assert_refused(capsys, tmp_path, ["bench", LENET, "--batch-sizes", "one"], code=2)

@@ -1,0 +1,52 @@
+"""onnxruntime latency of one or more models: warm-up runs, then the median of timed repeats, per
+batch size, with graph optimizations on (what a deployment runs)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from . import runtime
+from .validate import random_feeds
+
+
+@dataclass(frozen=True)
+class Latency:
+    model: str
+    batch: int
+    median_ms: float
+    p90_ms: float
+    samples_per_s: float
+
+
+def measure(
+    model: onnx.ModelProto | str,
+    batch: int,
+    providers: list[str],
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int = 0,
+    label: str = "",
+) -> Latency:
+    proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    feeds = random_feeds(proto, batch=batch, seed=0)
+    sess = runtime.session(model, providers, optimize=True, threads=threads)
+    for _ in range(warmup):
+        runtime.run(sess, feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runtime.run(sess, feeds)
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return Latency(label or str(model), batch, 1000 * median, 1000 * float(np.percentile(times, 90)), batch / median)
+
+
+def table(rows: list[Latency]) -> list[str]:
+    lines = [f"{'model':<40} {'batch':>5} {'median ms':>10} {'p90 ms':>8} {'samples/s':>10}"]
+    for r in rows:
+        lines.append(f"{r.model:<40} {r.batch:>5} {r.median_ms:>10.3f} {r.p90_ms:>8.3f} {r.samples_per_s:>10.1f}")
+    return lines
