@@ -204,3 +204,22 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert [numpy_helper.to_array(t).tobytes() for t in reloaded.graph.initializer] == [
         numpy_helper.to_array(t).tobytes() for t in model.graph.initializer
     ]
+
+
+def test_models_above_the_protobuf_limit_go_to_external_data(tmp_path, monkeypatch):
+    """Above 2 GB a model is written with its weights in '<name>.data' beside it (the limit is lowered
+    here so a small model takes that path); the pair loads and runs like the original."""
+    import onnxprune.io as io
+
+    monkeypatch.setattr(io, "TWO_GB", 1000)
+    model = load_model(LENET)
+    target = tmp_path / "big.onnx"
+    written = save_model(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert written == target.stat().st_size + (tmp_path / "big.onnx.data").stat().st_size
+    feeds = _feeds(model)
+    reference = runtime.run(runtime.session(str(LENET)), feeds)
+    for a, b in zip(reference, runtime.run(runtime.session(str(target)), feeds), strict=True):
+        assert np.array_equal(a, b)
+    reloaded = load_model(target)
+    assert source_bytes(reloaded) == written
