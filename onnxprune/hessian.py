@@ -297,10 +297,12 @@ class HessianSum:
         self.count += len(rows[0])
 
     def hessian(self) -> np.ndarray:
-        """H = S / n, [groups, width, width] float64."""
+        """H = S / n, [groups, width, width] float64 (the running sum is divided in place)."""
         if self.count == 0:
             raise CalibrationError(f"layer '{self.layer.node}': saw no calibration rows; give at least one sample")
-        return self.total / self.count
+        self.total /= self.count
+        self.count = 1
+        return self.total
 
 
 def _add_moments(total: np.ndarray, x: np.ndarray, y: np.ndarray | None, layer: Layer) -> None:
@@ -343,10 +345,10 @@ class LayerStats:
         total = 0.0
         for g in range(len(self.hessian)):
             a, b = new[row_group == g], old[row_group == g]
-            total += 0.5 * float(
-                np.einsum("ri,ij,rj->", a, self.hessian[g], a)
-                - 2.0 * np.einsum("ri,ij,rj->", a, self.cross[g], b)
-                + np.einsum("ri,ij,rj->", b, self.reference[g], b)
+            total += 0.5 * (
+                quadratic(a, self.hessian[g], a)
+                - 2.0 * quadratic(a, self.cross[g], b)
+                + quadratic(b, self.reference[g], b)
             )
         return max(total, 0.0)
 
@@ -496,11 +498,13 @@ def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8) -> Prepared
     diag = np.einsum("gii->gi", base)
     live_mean = np.array([d[~m].mean() if (~m).any() else 1.0 for d, m in zip(diag, dead, strict=True)])
     lam = float(damping)
+    diagonal = np.arange(base.shape[-1])
+    undamped = base[:, diagonal, diagonal].copy()
     for _ in range(attempts):
-        damped = base + (lam * live_mean)[:, None, None] * np.eye(base.shape[-1])[None]
-        inverse = _cholesky_inverses(damped)
+        base[:, diagonal, diagonal] = undamped + (lam * live_mean)[:, None]
+        inverse = _cholesky_inverses(base)
         if inverse is not None:
-            return Prepared(damped, inverse, dead, lam)
+            return Prepared(base, inverse, dead, lam)
         lam = max(lam * 10.0, 1e-8)
     raise CalibrationError(
         "layer Hessian: not positive definite even with damping "
@@ -527,10 +531,11 @@ def cholesky_inverse(h: np.ndarray) -> np.ndarray | None:
         factor, info = _lapack.dpotrf(h, lower=True, clean=True)
         if info != 0 or not _well_conditioned(np.diag(factor), h):
             return None
-        inverse, info = _lapack.dpotri(factor, lower=True)
+        inverse, info = _lapack.dpotri(factor, lower=True, overwrite_c=True)
         if info != 0:
             return None
-        inverse = np.tril(inverse) + np.tril(inverse, -1).T
+        inverse = np.tril(inverse)
+        inverse += np.tril(inverse, -1).T
     else:
         try:
             factor = np.linalg.cholesky(h)
@@ -563,8 +568,13 @@ def layer_error(delta: np.ndarray, h: np.ndarray, row_group: np.ndarray) -> floa
     total = 0.0
     for g in range(len(h)):
         d = delta[row_group == g]
-        total += 0.5 * float(np.einsum("ri,ij,rj->", d, h[g], d))
+        total += 0.5 * quadratic(d, h[g], d)
     return total
+
+
+def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray) -> float:
+    """sum_r a_r^T H b_r, through one matrix product (BLAS)."""
+    return float(np.sum((a @ h) * b))
 
 
 def output_energy(m: np.ndarray, h: np.ndarray, row_group: np.ndarray) -> float:

@@ -240,15 +240,29 @@ def make_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)
 
 
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of floating-point initializer elements (the usual meaning of 'parameters')."""
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    """Floating-point initializer elements (the usual meaning of 'parameters'); a sparse initializer
+    counts its full dense shape."""
     total = 0
     for tensor in model.graph.initializer:
-        if tensor.data_type in floats:
+        if tensor.data_type in _FLOAT_TYPES:
             total += int(np.prod(tensor.dims, dtype=np.int64))
     for sparse in model.graph.sparse_initializer:
-        total += int(np.prod(sparse.values.dims, dtype=np.int64))
+        total += int(np.prod(sparse.dims, dtype=np.int64))
+    return total
+
+
+def count_nonzero_params(model: onnx.ModelProto) -> int:
+    """Floating-point initializer elements that are not zero (what unstructured pruning leaves)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type in _FLOAT_TYPES:
+            total += int(np.count_nonzero(tensor_array(tensor)))
+    for sparse in model.graph.sparse_initializer:
+        total += int(np.count_nonzero(tensor_array(sparse.values)))
     return total
 
 

@@ -113,6 +113,7 @@ def prune(
         "options": _options_dict(options),
         "params_before": before["params"],
         "params_after": io.count_params(current),
+        "nonzero_params_after": io.count_nonzero_params(current),
         "macs_before": before["macs"],
         "macs_after": macs_after,
         "file_bytes_before": source_bytes if source_bytes is not None else model.ByteSize(),
@@ -183,6 +184,7 @@ def _run_step(model, meth, options, calib, providers, timer):
         "removed_channels": len(plan.removed),
         "groups": group_rows(analysis, plan),
         "params_after": io.count_params(pruned),
+        "nonzero_params_after": io.count_nonzero_params(pruned),
     }
     step.update({k: v for k, v in plan.notes.items() if isinstance(k, str)})
     return pruned, step, plan, analysis

@@ -60,6 +60,9 @@ def summary_lines(report: dict) -> list[str]:
         f"MACs       {report['macs_before']:,} -> {pct(report['macs_after'], report['macs_before'])}",
         f"file       {report['file_bytes_before']:,} B -> {report['file_bytes_after']:,} B",
     ]
+    nonzero = report.get("nonzero_params_after")
+    if nonzero is not None and nonzero != report["params_after"]:
+        lines.insert(2, f"nonzero    {pct(nonzero, report['params_before'])} parameters are not zero")
     groups = report.get("groups", [])
     pruned = sum(1 for g in groups if g["kept"] < g["size"])
     frozen = sum(1 for g in groups if g["frozen"] and g["kept"] == g["size"])

@@ -13,7 +13,7 @@ from graphs import Builder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune import PruneOptions, prune, runtime
+from onnxprune import PruneOptions, io, prune, runtime
 from onnxprune.analysis import analyze
 from onnxprune.errors import CalibrationError, OptionError
 from onnxprune.feeds import Dataset
@@ -285,7 +285,7 @@ def test_neuron_without_outgoing_connections_is_removed():
 
 
 def test_attention_queries_and_keys_are_never_removed_by_activity():
-    index = GraphIndex.build(__import__("onnxprune").io.load_model("models/transformer_encoder.onnx"))
+    index = GraphIndex.build(io.load_model("models/transformer_encoder.onnx"))
     analysis = analyze(index)
     unsafe = silent_exits(index, analysis)
     by_producer = {p.node: set(g.channels) for g in analysis.groups for p in g.producers}

@@ -12,9 +12,9 @@ layer error of that removal and the update that achieves it are (L-OBS algebra, 
 Greedy per group: remove the channel of least summed cost, update every consumer, downdate, repeat
 until the group keeps methods.select.keep_count channels. The consumer's bias is the last column of
 W~ (x~ = [x; 1]), so the update moves the mean contribution of removed inputs into it; a consumer
-without a bias is compensated in its weights only. Big groups remove several channels per step (the
-cheapest by the current costs, compensated jointly by the same block formula) so that the downdates
-stay within a fixed budget; `--obs-step-size 1` forces one channel per step.
+without a bias is compensated in its weights only. Groups whose one-channel-per-step downdates would
+exceed WORK_BUDGET remove their channels in MAX_STEPS steps (the cheapest by the current costs,
+compensated jointly by the same block formula); `--obs-step-size 1` forces one channel per step.
 
 Groups are skipped (left whole, with the reason in the report) when a consumer is not a Gemm,
 MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WIDTH inputs.
@@ -37,8 +37,9 @@ from .select import keep_count, repair_empty
 
 #: consumers with more inputs than this (e.g. a Gemm after a large Flatten) are not compensated
 MAX_WIDTH = 16384
-#: element updates of H^-1 allowed per group before several channels go per step
-WORK_BUDGET = 4e8
+#: element updates of H^-1 allowed per group with one channel per step; above, MAX_STEPS steps
+WORK_BUDGET = 2e8
+MAX_STEPS = 16
 #: candidate costs are evaluated in chunks of at most this many weight entries
 _CHUNK = 2**22
 
@@ -94,8 +95,9 @@ class Consumer:
         w = np.where(live[None], self.matrix[:, blocks], 0.0)  # [O, C, b]
         if blocks.shape[1] == 1:
             return 0.5 * (w[:, :, 0] ** 2).sum(axis=0) / hbb[:, 0, 0]
+        w = np.ascontiguousarray(w.transpose(1, 0, 2))  # [C, O, b]
         inverse = np.linalg.inv(hbb)  # [C, b, b]: ([H^-1]_BB)^-1 of every candidate
-        return 0.5 * np.einsum("ocb,ocb->c", np.einsum("ocb,cbe->oce", w, inverse), w)
+        return 0.5 * np.sum((w @ inverse) * w, axis=(1, 2))
 
     def remove(self, block: np.ndarray) -> float:
         """Remove W~ columns `block` with the OBS update and downdate; returns the predicted cost."""
@@ -170,11 +172,12 @@ def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: flo
 
 
 def _step_size(task: GroupTask, consumers: dict[str, Consumer], forced: int) -> int:
-    """Channels removed per greedy step: 1 unless the downdates would exceed WORK_BUDGET."""
+    """Channels removed per greedy step: 1, or remove / MAX_STEPS where the downdates of one channel
+    per step would exceed WORK_BUDGET element updates."""
     if forced > 0:
         return forced
     work = task.remove * sum(len(consumers[name].columns) ** 2 for name in task.consumers)
-    return max(1, math.ceil(work / WORK_BUDGET))
+    return 1 if work <= WORK_BUDGET else max(1, math.ceil(task.remove / MAX_STEPS))
 
 
 def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> tuple[list[int], float]:

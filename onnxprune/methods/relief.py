@@ -20,7 +20,8 @@ Then neurons go (methods/neurons.py): channels that never fire on the calibratio
 with no outgoing connections, and channels left with no incoming connections (their constant activation
 folded into the consumers' biases). --iterations K repeats the whole step on the pruned model with
 fresh statistics (no retraining in between; the paper retrains). The masks are zeros in full-size
-weights: --sparse-storage stores them sparsely.
+weights: --sparse-storage stores them sparsely. Not implemented: the paper's residual rule (drop a
+summed branch that carries less than (1 - alpha) / alpha of the other branch's activity).
 
 --relief-compensate (not in the paper, which retrains instead): the mean contribution of the removed
 connections over the calibration rows, alpha sum_{removed (i,k)} W[j, i, k] mean(x[i, k]) (im2col column
