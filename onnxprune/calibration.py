@@ -50,6 +50,7 @@ def collect(
     """
     if len(data) == 0:
         raise CalibrationError("calibration: no samples; give at least one")
+    batch_size = max(1, int(batch_size))
     names = list(accumulators)
     sess = runtime.session(with_outputs(model, names), list(providers))
     output_names = [o.name for o in sess.get_outputs()]

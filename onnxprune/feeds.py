@@ -70,6 +70,8 @@ def load_dataset(source, model: onnx.ModelProto, limit: int | None = None, where
     elif isinstance(source, dict):
         arrays, labels = _split_labels({k: np.asarray(v) for k, v in source.items()})
     elif hasattr(source, "get_next"):
+        if callable(getattr(source, "rewind", None)):
+            source.rewind()  # a reader may have been read before (a second prune() on the same reader)
         arrays, labels = _stack(_reader_items(source), where), None
     elif isinstance(source, Iterable):
         arrays, labels = _stack(iter(source), where), None

@@ -48,7 +48,10 @@ def _data(model: onnx.ModelProto, n: int, seed: int = 0) -> Dataset:
 
 
 def _options(ratio=0.5, **extra) -> PruneOptions:
-    return PruneOptions(ratio=ratio, extra={"batch_size": 16, "max_positions": 0, **extra})
+    """Options of these tests: the per-layer allocation unless a test asks for another (the per-layer
+    path is the one whose predicted errors and densities the tests check layer by layer)."""
+    extra = {"batch_size": 16, "max_positions": 0, "lobs_allocation": "layer", **extra}
+    return PruneOptions(ratio=ratio, extra=extra)
 
 
 def _layer_and_hessian(model, data, name):

@@ -15,9 +15,23 @@ weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
   least; the final rows are the least-squares optimum for their masks, w_K = H_KK^-1 (H w)_K.
 
 The bias is a column of W~ (x~ = [x; 1]): it is compensated, never removed. Inputs that are always zero
-on the calibration data have their weights zeroed (H_ii = 1). `--max-layer-error e` replaces the ratio
-by a tolerance: each layer removes weights while its predicted error stays below e times its output
-energy 1/(2n) ||Z||^2. Channels whose every consumer column became zero are removed physically.
+on the calibration data have their weights zeroed (H_ii = 1). Targets:
+
+- `--ratio r` with `--lobs-allocation global` (the default): r of all weights, spread by one common
+  tolerance on the *relative* predicted error (error / output energy 1/(2n) ||Z||^2), so small
+  sensitive layers (a first conv of 54 weights) keep more;
+- `--lobs-allocation layer`: every layer removes r of its weights (the paper's per-layer target);
+- `--max-layer-error e`: each layer removes weights while its predicted error stays below e times its
+  output energy.
+
+`--sequential` collects the statistics of each wave of layers on the model with the earlier layers
+already pruned, paired with the original model's: with H = X~^T X~ / n on the pruned inputs and
+C = X~^T X~_ref / n, the row first moves to w* = H^-1 C w (the best dense weights for the *original*
+output Z_ref = X~_ref w), and is pruned from there; the reported error is measured against Z_ref.
+
+Zeros go into the weights (plan.updates). A channel that every consumer reads only with zero weights is
+removed physically (exact: nothing reads it). A row that became all zero is not removed by itself: its
+bias makes it a constant, which would have to be folded into the consumers first.
 """
 
 from __future__ import annotations
@@ -52,7 +66,7 @@ class Settings:
 
     ratio: float | None
     mode: str = "exact"
-    allocation: str = "layer"
+    allocation: str = "global"
     max_error: float | None = None
     damping: float = 0.01
     sequential: bool = False
@@ -66,7 +80,7 @@ class Settings:
         mode = str(options.get("lobs_mode", "exact") or "exact")
         if mode not in MODES:
             raise OptionError(f"--lobs-mode {mode}: unknown; use one of {', '.join(MODES)}")
-        allocation = str(options.get("lobs_allocation", "layer") or "layer")
+        allocation = str(options.get("lobs_allocation", "global") or "global")
         if allocation not in ALLOCATIONS:
             raise OptionError(f"--lobs-allocation {allocation}: unknown; use one of {', '.join(ALLOCATIONS)}")
         max_error = options.get("max_layer_error")
@@ -445,9 +459,9 @@ OPTIONS = (
     MethodOption(
         "--lobs-allocation",
         "lobs_allocation",
-        "layer",
-        "lobs: layer (--ratio of every layer's weights) or global (--ratio of all weights, spread so that every "
-        "layer has the same relative error)",
+        "global",
+        "lobs: global (--ratio of all weights, spread so that every layer has the same relative error) or layer "
+        "(--ratio of every layer's weights, the paper's per-layer target)",
         str,
     ),
     MethodOption(

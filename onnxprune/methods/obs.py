@@ -12,9 +12,10 @@ layer error of that removal and the update that achieves it are (L-OBS algebra, 
 Greedy per group: remove the channel of least summed cost, update every consumer, downdate, repeat
 until the group keeps methods.select.keep_count channels. The consumer's bias is the last column of
 W~ (x~ = [x; 1]), so the update moves the mean contribution of removed inputs into it; a consumer
-without a bias is compensated in its weights only. Groups whose one-channel-per-step downdates would
-exceed WORK_BUDGET remove their channels in MAX_STEPS steps (the cheapest by the current costs,
-compensated jointly by the same block formula); `--obs-step-size 1` forces one channel per step.
+without a bias is compensated in its weights only. A group removes its channels in at most MAX_STEPS
+greedy steps (MAX_HEAVY_STEPS when its downdates are large): a step takes the cheapest channels by
+the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
+forces one channel per step (the exact greedy).
 
 Groups are skipped (left whole, with the reason in the report) when a consumer is not a Gemm,
 MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WIDTH inputs.
@@ -23,12 +24,13 @@ MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WI
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import Layer, LayerStats, cholesky_inverse, collect_stats, find_layers, prepare
+from ..hessian import Layer, LayerStats, cholesky_inverse, collect_stats, find_layers, prepare, subtract_product
 from ..plan import PruningPlan
 from .base import Method, MethodContext
 from .lobs import Settings, layer_waves, layer_weights, with_updates, write_layer
@@ -37,27 +39,30 @@ from .select import keep_count, repair_empty
 
 #: consumers with more inputs than this (e.g. a Gemm after a large Flatten) are not compensated
 MAX_WIDTH = 16384
-#: element updates of H^-1 allowed per group with one channel per step; above, MAX_STEPS steps
+#: greedy steps per group (several channels per step beyond), and for groups whose one-channel
+#: steps would update more than WORK_BUDGET elements of H^-1
+MAX_STEPS = 64
+MAX_HEAVY_STEPS = 16
 WORK_BUDGET = 2e8
-MAX_STEPS = 16
 #: candidate costs are evaluated in chunks of at most this many weight entries
 _CHUNK = 2**22
 
 
 @dataclass
 class Consumer:
-    """The working state of one consumer layer: current W~ and the downdated inverse Hessian,
-    restricted to the columns still alive (`columns` maps them to W~)."""
+    """The working state of one consumer layer: W~ and the downdated inverse Hessian, both restricted
+    to the columns still alive (`columns` maps them to W~, `position` back; removed columns are 0)."""
 
     layer: Layer
     original: np.ndarray
-    matrix: np.ndarray
     stats: LayerStats
-    inverse: np.ndarray
+    weights: np.ndarray
+    inverse: np.ndarray | None
     columns: np.ndarray
     position: np.ndarray
     damping: float
     predicted: float = 0.0
+    pending: int = 0
 
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
@@ -68,7 +73,14 @@ class Consumer:
         m[prep.dead[groups]] = 0.0
         base = stats.error(m, m0, groups) if stats.cross is not None else 0.0
         columns = np.arange(layer.width)
-        return cls(layer, m0, m, stats, prep.inverse[0], columns, columns.copy(), prep.damping, base)
+        return cls(layer, m0, stats, m, prep.inverse[0], columns, columns.copy(), prep.damping, base)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The current W~ [O, width]."""
+        full = np.zeros_like(self.original)
+        full[:, self.columns] = self.weights
+        return full
 
     def costs(self, blocks: list[np.ndarray]) -> np.ndarray:
         """1/2 tr(W_B ([H^-1]_BB)^-1 W_B^T) for each block of W~ columns (removed columns cost 0)."""
@@ -76,7 +88,7 @@ class Consumer:
         sizes = {len(b) for b in blocks}
         if len(sizes) == 1 and sizes != {0}:
             stacked = np.stack(blocks)
-            step = max(1, _CHUNK // max(1, self.matrix.shape[0] * stacked.shape[1]))
+            step = max(1, _CHUNK // max(1, self.weights.shape[0] * stacked.shape[1]))
             for start in range(0, len(blocks), step):
                 out[start : start + step] = self._same_size_costs(stacked[start : start + step])
             return out
@@ -92,15 +104,16 @@ class Consumer:
         eye = np.eye(blocks.shape[1])[None]
         both = live[:, :, None] & live[:, None, :]
         hbb = np.where(both, hbb, eye)  # removed columns: identity (their weights are 0)
-        w = np.where(live[None], self.matrix[:, blocks], 0.0)  # [O, C, b]
+        w = np.where(live[None], self.weights[:, safe], 0.0)  # [O, C, b]
         if blocks.shape[1] == 1:
             return 0.5 * (w[:, :, 0] ** 2).sum(axis=0) / hbb[:, 0, 0]
         w = np.ascontiguousarray(w.transpose(1, 0, 2))  # [C, O, b]
         inverse = np.linalg.inv(hbb)  # [C, b, b]: ([H^-1]_BB)^-1 of every candidate
         return 0.5 * np.sum((w @ inverse) * w, axis=(1, 2))
 
-    def remove(self, block: np.ndarray) -> float:
-        """Remove W~ columns `block` with the OBS update and downdate; returns the predicted cost."""
+    def remove(self, block: np.ndarray, final: bool = False) -> float:
+        """Remove W~ columns `block` with the OBS update and downdate; returns the predicted cost.
+        `final`: no later removal reads this consumer, so the downdate is skipped and H^-1 freed."""
         local = self.position[block]
         local = local[local >= 0]
         if len(local) == 0:
@@ -109,14 +122,18 @@ class Consumer:
         inv_bb = cholesky_inverse(hbb)
         if inv_bb is None:
             inv_bb = np.linalg.pinv(hbb)
-        wb = self.matrix[:, self.columns[local]]
+        wb = self.weights[:, local]
         delta = wb @ inv_bb  # [O, b]
         cost = 0.5 * float(np.sum(delta * wb))
-        self.matrix[:, self.columns] -= delta @ self.inverse[local, :]
-        self.matrix[:, self.columns[local]] = 0.0
-        self.inverse -= (self.inverse[:, local] @ inv_bb) @ self.inverse[local, :]
+        column = np.ascontiguousarray(self.inverse[:, local])  # H^-1[:, B] = H^-1[B, :]^T
+        subtract_product(self.weights, delta, column)
+        self.weights[:, local] = 0.0
         self.position[self.columns[local]] = -1
         self.predicted += cost
+        if final:
+            self.inverse = None
+            return cost
+        subtract_product(self.inverse, column @ inv_bb, column)
         if (self.position >= 0).sum() <= 0.85 * len(self.columns):
             self._compact()
         return cost
@@ -124,6 +141,7 @@ class Consumer:
     def _compact(self) -> None:
         keep = self.position[self.columns] >= 0
         self.inverse = np.ascontiguousarray(self.inverse[np.ix_(keep, keep)])
+        self.weights = np.ascontiguousarray(self.weights[:, keep])
         self.columns = self.columns[keep]
         self.position[:] = -1
         self.position[self.columns] = np.arange(len(self.columns))
@@ -172,12 +190,13 @@ def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: flo
 
 
 def _step_size(task: GroupTask, consumers: dict[str, Consumer], forced: int) -> int:
-    """Channels removed per greedy step: 1, or remove / MAX_STEPS where the downdates of one channel
-    per step would exceed WORK_BUDGET element updates."""
+    """Channels removed per greedy step: at most MAX_STEPS steps per group (MAX_HEAVY_STEPS where the
+    downdates of one channel per step would exceed WORK_BUDGET element updates)."""
     if forced > 0:
         return forced
     work = task.remove * sum(len(consumers[name].columns) ** 2 for name in task.consumers)
-    return 1 if work <= WORK_BUDGET else max(1, math.ceil(task.remove / MAX_STEPS))
+    steps = MAX_STEPS if work <= WORK_BUDGET else MAX_HEAVY_STEPS
+    return max(1, math.ceil(task.remove / steps))
 
 
 def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> tuple[list[int], float]:
@@ -193,11 +212,16 @@ def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> t
         take = min(step, task.remove - len(removed))
         picked = np.argsort(costs, kind="stable")[:take]
         chosen = [candidates[i] for i in picked]
+        last = len(removed) + take == task.remove
         for name in task.consumers:
-            total += consumers[name].remove(np.concatenate([task.blocks[name][c] for c in chosen]))
+            consumer = consumers[name]
+            block = np.concatenate([task.blocks[name][c] for c in chosen])
+            total += consumer.remove(block, final=last and consumer.pending == 1)
         removed.extend(chosen)
         gone = set(picked.tolist())
         candidates = [c for i, c in enumerate(candidates) if i not in gone]
+    for name in task.consumers:
+        consumers[name].pending -= 1
     return removed, total
 
 
@@ -214,6 +238,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         else:
             tasks.append(task)
     waves = _group_waves(ctx, tasks, layers) if settings.sequential else [tasks]
+    uses = Counter(name for task in tasks for name in task.consumers)
     consumers: dict[str, Consumer] = {}
     updates: dict[str, np.ndarray] = {}
     removed: set[int] = set()
@@ -239,6 +264,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
+                consumers[layer.node].pending = uses[layer.node]
         for task in wave:
             chosen, cost = prune_group(task, consumers, _step_size(task, consumers, forced))
             removed.update(chosen)
@@ -275,7 +301,8 @@ OPTIONS = (
         "--obs-step-size",
         "obs_step_size",
         0,
-        "obs: channels removed per greedy step (0 = one, more only where the downdates would be costly)",
+        "obs: channels removed per greedy step (0 = auto: at most 64 steps per group, 16 for large "
+        "consumers; 1 = the exact one-channel greedy)",
         int,
     ),
 )
