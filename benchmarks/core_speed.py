@@ -1,8 +1,8 @@
 """Core speed and memory on a ResNet-50-sized model: `inspect` and `prune --method magnitude`.
 
 Each measurement runs in a fresh subprocess. Peak memory is the process's RSS high-water mark (VmHWM)
-minus its RSS right after imports (Python, numpy, onnx, onnxruntime), compared with the model file size. Validation (both models in
-onnxruntime on 8 random images) is timed separately.
+minus its RSS right after imports (Python, numpy, onnx, onnxruntime), compared with the model file
+size. Validation (both models in onnxruntime on 8 random images) is timed separately.
 
     python benchmarks/core_speed.py
 """

@@ -32,7 +32,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from onnx import helper, numpy_helper
+from onnx import helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPSET = 17
@@ -105,7 +105,7 @@ def _inline_identity_initializers(model):
 
 
 def _set_output_shapes(model, out_shapes):
-    for o, shape in zip(model.graph.output, out_shapes):
+    for o, shape in zip(model.graph.output, out_shapes, strict=True):
         dims = o.type.tensor_type.shape.dim
         del dims[:]
         for i, s in enumerate(shape):
@@ -185,13 +185,13 @@ def save_and_verify(model, filename, module=None, example_inputs=None, required_
             example_inputs = (example_inputs,)
         g = torch.Generator().manual_seed(123)
         feeds_t = tuple(torch.rand((2,) + tuple(x.shape[1:]), generator=g) for x in example_inputs)
-        feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), feeds_t)}
+        feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), feeds_t, strict=True)}
         got = sess.run(None, feeds)
         with torch.no_grad():
             ref = module(*feeds_t)
         if not isinstance(ref, (tuple, list)):
             ref = (ref,)
-        for a, b in zip(got, ref):
+        for a, b in zip(got, ref, strict=True):
             assert a.shape[0] == 2
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-3, atol=1e-4)
     return sess

@@ -310,7 +310,9 @@ def shrink_matches_mask(
     for a, b in zip(reference, candidate, strict=True):
         assert a.shape == b.shape
     scales = [max(1.0, float(np.abs(a).max())) if a.size else 1.0 for a in reference]
-    if not all(np.allclose(b, a, rtol=rtol, atol=atol * s) for a, b, s in zip(reference, candidate, scales)):
+    if not all(
+        np.allclose(b, a, rtol=rtol, atol=atol * s) for a, b, s in zip(reference, candidate, scales, strict=True)
+    ):
         # float32 sums over different channel counts round differently, and normalizations over
         # near-constant maps amplify that: decide in float64 with onnx's reference evaluator
         masked64 = float64_outputs(masked_model(model, analysis, removed), feeds)
