@@ -146,6 +146,7 @@ def normalize_model(model: onnx.ModelProto) -> None:
     - Initializers repeated in graph.input (IR < 4 exporters) are removed from the inputs.
     - Unnamed or duplicate-named nodes get unique names.
     - Sparse initializers (written by --sparse-storage) become dense initializers.
+    - Nodes written out of topological order are sorted (onnx-graphsurgeon).
     """
     _densify_sparse(model.graph)
     _lift_constants(model.graph)
@@ -155,6 +156,8 @@ def normalize_model(model: onnx.ModelProto) -> None:
         del model.graph.input[:]
         model.graph.input.extend(keep_inputs)
     _name_nodes(model.graph)
+    if not _is_topologically_sorted(model.graph):
+        _toposort(model)
 
 
 def _densify_sparse(graph: onnx.GraphProto) -> None:
@@ -168,6 +171,34 @@ def _densify_sparse(graph: onnx.GraphProto) -> None:
             dense.reshape(-1)[indices] = values
         graph.initializer.append(make_tensor(dense, sparse.values.name))
     del graph.sparse_initializer[:]
+
+
+def _is_topologically_sorted(graph: onnx.GraphProto) -> bool:
+    produced_by_nodes = {out for node in graph.node for out in node.output}
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        if any(name and name in produced_by_nodes and name not in available for name in node.input):
+            return False
+        available.update(node.output)
+    return True
+
+
+def _toposort(model: onnx.ModelProto) -> None:
+    """Reorder the nodes of an unsorted graph (some exporters write them out of order) with
+    onnx-graphsurgeon's topological sort; only the order changes, the node protos stay as they are."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    graph.toposort()
+    by_name = {node.name: node for node in model.graph.node}
+    ordered = [by_name[node.name] for node in graph.nodes]
+    if len(ordered) != len(model.graph.node):
+        return  # graphsurgeon saw another set of nodes: leave the order for the checker to judge
+    copies = [onnx.NodeProto() for _ in ordered]
+    for target, source in zip(copies, ordered, strict=True):
+        target.CopyFrom(source)
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
 
 
 def _lift_constants(graph: onnx.GraphProto) -> None:

@@ -223,3 +223,17 @@ def test_models_above_the_protobuf_limit_go_to_external_data(tmp_path, monkeypat
         assert np.array_equal(a, b)
     reloaded = load_model(target)
     assert source_bytes(reloaded) == written
+
+
+def test_nodes_out_of_topological_order_are_sorted(tmp_path):
+    """Some exporters write nodes out of order; the checker refuses that, so loading sorts them."""
+    model = load_model(LENET)
+    nodes = list(model.graph.node)
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes[::-1])
+    path = _save(shuffled, tmp_path / "unsorted.onnx")
+    loaded = load_model(path)
+    assert [n.name for n in loaded.graph.node] != [n.name for n in shuffled.graph.node]
+    assert_prunes(path, _feeds(model))
