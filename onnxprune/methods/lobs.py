@@ -418,11 +418,11 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     return PruningPlan(frozenset(removed), updates, "lobs", notes)
 
 
-def _traces(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
-    """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
-    statistics are taken on the model with them applied, paired with the original model's."""
+def collect_on_updated(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
+    """Statistics of `layers` on ctx.model with `updates` applied; once there are updates, paired with
+    the original model's (the target of --sequential)."""
     model = with_updates(ctx.model, updates) if updates else ctx.model
-    stats = collect_stats(
+    return collect_stats(
         model,
         layers,
         ctx.calibration,
@@ -434,6 +434,12 @@ def _traces(ctx: MethodContext, settings: Settings, layers: list[Layer], updates
         settings.seed,
         description,
     )
+
+
+def _traces(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
+    """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
+    statistics are taken on the model with them applied, paired with the original model's."""
+    stats = collect_on_updated(ctx, settings, layers, updates, description)
     return [trace_layer(layer, layer_weights(ctx.index, layer), stats.pop(layer.node), settings) for layer in layers]
 
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import Layer, LayerStats, cholesky_inverse, collect_stats, find_layers, prepare, subtract_product
+from ..hessian import Layer, LayerStats, cholesky_inverse, find_layers, prepare, subtract_product
 from ..plan import PruningPlan
 from .base import Method, MethodContext
-from .lobs import Settings, layer_waves, layer_weights, with_updates, write_layer
+from .lobs import Settings, collect_on_updated, layer_waves, layer_weights, write_layer
 from .options import MethodOption
 from .select import keep_count, repair_empty
 
@@ -248,19 +248,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         needed = [layers[n] for n in dict.fromkeys(n for t in wave for n in t.consumers) if n not in consumers]
         if needed:
             passes += 1
-            model = with_updates(ctx.model, updates) if updates else ctx.model
-            stats = collect_stats(
-                model,
-                needed,
-                ctx.calibration,
-                ctx.model if updates else None,
-                settings.batch_size,
-                ctx.providers,
-                settings.progress,
-                settings.max_positions,
-                settings.seed,
-                f"obs statistics {number + 1}/{len(waves)}",
-            )
+            stats = collect_on_updated(ctx, settings, needed, updates, f"obs statistics {number + 1}/{len(waves)}")
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
