@@ -75,3 +75,15 @@ def test_merge_lobs_relief_chain_reports_each_step():
     assert sizes == sorted(sizes, reverse=True) and sizes[1] < sizes[0]
     assert steps[2]["nonzero_params_after"] <= steps[2]["params_after"]
     assert set(result.report["validation"]["outputs"]) == {"logits"}
+
+
+def test_merge_then_obs_removes_more_channels_and_each_step_is_reported():
+    """`--method merge,obs`: merge removes near-duplicate neurons without data, then structured OBS removes
+    and compensates a share of what is left; both steps are in the report and the model shrinks twice."""
+    result = prune("models/mlp.onnx", "merge,obs", PruneOptions(ratio=0.3), CALIB, 200)
+    steps = result.report["steps"]
+    assert [s["method"] for s in steps] == ["merge", "obs"]
+    assert result.report["params_before"] > steps[0]["params_after"] > steps[1]["params_after"]
+    kept = [sum(g["kept"] for g in s["groups"] if not g["frozen"]) for s in steps]
+    assert kept[1] < kept[0]
+    assert result.report["validation"]["accuracy_after"] > 0.9
