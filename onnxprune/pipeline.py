@@ -88,6 +88,7 @@ def prune(
         else ("CPUExecutionProvider",)
     )
     calib = _calibration(calibration, original, calib_samples, methods)
+    checks = _validation_data(validation_data, calib, original, validate_samples) if run_validation else None
     steps, plans, analysis = [], [], None
     iterations = int(options.get("iterations", 1) or 1)
     if iterations < 1:
@@ -96,10 +97,9 @@ def prune(
         for iteration in range(iterations if meth.needs_data else 1):
             current, step, plan, analysis = _run_step(current, meth, options, calib, provider_list, timer)
             step["iteration"] = iteration + 1
-            if iterations > 1 and meth.needs_data and run_validation:
-                data = _validation_data(validation_data, calib, original, validate_samples)
+            if iterations > 1 and meth.needs_data and checks is not None:
                 step["validation"] = validate(
-                    reference, current, data.feeds, data.labels, list(provider_list), signature=original
+                    reference, current, checks.feeds, checks.labels, list(provider_list), signature=original
                 )
             steps.append(step)
             plans.append(plan)
@@ -121,11 +121,10 @@ def prune(
         "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
         "steps": steps,
     }
-    if run_validation:
+    if checks is not None:
         start = time.perf_counter()
-        data = _validation_data(validation_data, calib, original, validate_samples)
         report["validation"] = validate(
-            reference, current, data.feeds, data.labels, list(provider_list), signature=original
+            reference, current, checks.feeds, checks.labels, list(provider_list), signature=original
         )
         report["validation_source"] = (
             "calibration data"

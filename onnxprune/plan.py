@@ -77,15 +77,19 @@ def check_plan(plan: PruningPlan, analysis: Analysis) -> None:
     frozen = sorted(set(plan.removed) & set(analysis.frozen))
     if frozen:
         raise PlanError(f"plan: channel {frozen[0]} is frozen ({analysis.frozen[frozen[0]]}); it cannot be removed")
-    mask = plan.removed_mask(analysis.num_channels)
-    for name, axes in analysis.const_labels.items():
-        for axis, line in axes.items():
-            if len(line) and mask[line].all():
-                raise PlanError(f"plan: removes every position of axis {axis} of '{name}'; keep at least one")
+    for name, axis, _ in _emptied(analysis, plan.removed_mask(analysis.num_channels)):
+        raise PlanError(f"plan: removes every position of axis {axis} of '{name}'; keep at least one")
 
 
 def empties(analysis: Analysis, removed: set[int]) -> list[np.ndarray]:
     """Label lines (of constants) that `removed` would empty entirely."""
-    mask = np.zeros(analysis.num_channels + 1, dtype=bool)
-    mask[list(removed)] = True
-    return [line for axes in analysis.const_labels.values() for line in axes.values() if len(line) and mask[line].all()]
+    mask = PruningPlan(frozenset(removed)).removed_mask(analysis.num_channels)
+    return [line for _, _, line in _emptied(analysis, mask)]
+
+
+def _emptied(analysis: Analysis, removed_mask: np.ndarray):
+    """(constant, axis, labels) of every labeled constant axis whose positions would all be removed."""
+    for name, axes in analysis.const_labels.items():
+        for axis, line in axes.items():
+            if len(line) and removed_mask[line].all():
+                yield name, axis, line

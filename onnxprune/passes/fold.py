@@ -118,25 +118,24 @@ def _finite(*arrays: np.ndarray) -> bool:
 def _fold_gemm_scalars(m: _Model, node: onnx.NodeProto) -> bool:
     """alpha A'B' + beta C  ->  A'(alpha B) + (beta C) where B, C are constants."""
     attrs = attributes(node)
-    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
-    changed = False
-    if alpha != 1.0 and m.value(node.input[1]) is not None:
-        new = alpha * m.value(node.input[1]).astype(np.float64)
-        if _finite(new):
-            m.write(node, 1, new, node.input[1])
-            m.set_attr(node, "alpha", 1.0)
-            changed = True
-    has_c = len(node.input) > 2 and node.input[2]
-    if beta != 1.0 and not has_c:
-        m.set_attr(node, "beta", 1.0)
-        changed = True
-    elif beta != 1.0 and m.value(node.input[2]) is not None:
-        new = beta * m.value(node.input[2]).astype(np.float64)
-        if _finite(new):
-            m.write(node, 2, new, node.input[2])
-            m.set_attr(node, "beta", 1.0)
-            changed = True
-    return changed
+    changed = _scale_constant_input(m, node, 1, "alpha", float(attrs.get("alpha", 1.0)))
+    beta = float(attrs.get("beta", 1.0))
+    if beta != 1.0 and not (len(node.input) > 2 and node.input[2]):
+        m.set_attr(node, "beta", 1.0)  # no C: beta multiplies nothing
+        return True
+    return _scale_constant_input(m, node, 2, "beta", beta) or changed
+
+
+def _scale_constant_input(m: _Model, node: onnx.NodeProto, slot: int, attr: str, factor: float) -> bool:
+    """Multiply constant input `slot` by `factor` and set attribute `attr` to 1 (if the result is finite)."""
+    if factor == 1.0 or len(node.input) <= slot or m.value(node.input[slot]) is None:
+        return False
+    new = factor * m.value(node.input[slot]).astype(np.float64)
+    if not _finite(new):
+        return False
+    m.write(node, slot, new, node.input[slot])
+    m.set_attr(node, attr, 1.0)
+    return True
 
 
 # ---- BatchNormalization ------------------------------------------------------------------------------
