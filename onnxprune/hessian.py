@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from scipy.linalg import blas as _blas
+from scipy.linalg import lapack as _lapack
 
 from . import calibration
 from .errors import CalibrationError
@@ -30,12 +32,16 @@ from .feeds import Dataset
 from .graph import GraphIndex, attributes
 from .patches import patches
 
-#: above this many multiply-adds the per-batch product X^T X runs in float32 (summed in float64)
+#: above this many multiply-adds per batch, a layer's X^T X is summed in float32 (else float64)
 FLOAT64_PRODUCT_LIMIT = 5e8
 #: an input whose second moment is below this fraction of the largest one counts as always zero
 DEAD_TOLERANCE = 1e-12
-#: a Cholesky pivot^2 below this fraction of the largest diagonal entry counts as singular
+#: a Cholesky pivot^2 below this fraction of the largest diagonal entry counts as singular (float64,
+#: float32)
 CONDITION_FLOOR = 1e-12
+CONDITION_FLOOR_SINGLE = 1e-6
+#: Hessians wider than this are inverted and downdated in float32 where a method allows it (obs)
+PRECISE_WIDTH = 2048
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
@@ -267,14 +273,52 @@ _BUILDERS = {"Conv": _conv_layer, "Gemm": _gemm_layer, "MatMul": _matmul_layer}
 
 
 # ---- streaming accumulation --------------------------------------------------------------------
-def _product(x: np.ndarray, y: np.ndarray | None, d: int) -> np.ndarray:
-    """x^T y (x^T x when y is None), in float64 unless the product is large."""
-    precise = x.shape[0] * d * d <= FLOAT64_PRODUCT_LIMIT
-    dtype = np.float64 if precise else np.float32
-    x = x.astype(dtype, copy=False)
-    if y is None:
-        return np.dot(x.T, x)  # np.dot of a transposed self-product runs BLAS syrk
-    return np.dot(x.T, y.astype(dtype, copy=False))
+class Moments:
+    """Running S = sum x~^T y~ over the rows of every batch (y = x for a Hessian), x~ = [x, 1] when the
+    layer has a bias. The x^T y block is accumulated in place by BLAS (syrk for x^T x, one triangle;
+    gemm for x^T y) into a float64 sum, or into a float32 one when a batch's product is larger than
+    FLOAT64_PRODUCT_LIMIT multiply-adds (the sums of the 1 column stay float64)."""
+
+    def __init__(self, inputs: int, bias: bool, symmetric: bool) -> None:
+        self.inputs, self.bias, self.symmetric = inputs, bias, symmetric
+        self.product: np.ndarray | None = None
+        self.sum_x = np.zeros(inputs)
+        self.sum_y = np.zeros(inputs)
+        self.rows = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        d = self.inputs
+        if self.product is None:
+            dtype = np.float64 if x.shape[0] * d * d <= FLOAT64_PRODUCT_LIMIT else np.float32
+            self.product = np.zeros((d, d), dtype=dtype, order="F")
+        dtype = self.product.dtype
+        xt = np.ascontiguousarray(x, dtype=dtype).T  # [d, rows], Fortran-ordered: no copy in BLAS
+        if self.symmetric:
+            syrk = _blas.dsyrk if dtype == np.float64 else _blas.ssyrk
+            self.product = syrk(1.0, xt, beta=1.0, c=self.product, trans=0, lower=0, overwrite_c=1)
+        else:
+            gemm = _blas.dgemm if dtype == np.float64 else _blas.sgemm
+            yt = np.ascontiguousarray(y, dtype=dtype).T
+            self.product = gemm(1.0, xt, yt, beta=1.0, c=self.product, trans_b=1, overwrite_c=1)
+        if self.bias:
+            sum_x = x.sum(axis=0, dtype=np.float64)
+            self.sum_x += sum_x
+            self.sum_y += sum_x if y is None else y.sum(axis=0, dtype=np.float64)
+        self.rows += x.shape[0]
+
+    def total(self, out: np.ndarray) -> None:
+        """Write S [width, width] (float64) into `out`."""
+        d = self.inputs
+        if self.product is not None:
+            if self.symmetric:  # syrk filled the upper triangle: copy it (C-ordered) as the lower one
+                out[:d, :d] = self.product.T
+                mirror_triangle(out[:d, :d])
+            else:
+                out[:d, :d] = self.product
+        if self.bias:
+            out[:d, d] = self.sum_x
+            out[d, :d] = self.sum_y
+            out[d, d] = self.rows
 
 
 class HessianSum:
@@ -287,34 +331,30 @@ class HessianSum:
         self.layer = layer
         self.max_positions = max_positions
         self.rng = np.random.default_rng(seed)
-        self.total = np.zeros((layer.groups, layer.width, layer.width))
+        self.moments = [Moments(layer.inputs, bool(layer.bias), True) for _ in range(layer.groups)]
         self.count = 0
 
     def __call__(self, activation: np.ndarray) -> None:
         rows = self.layer.input_rows(activation, self.max_positions, self.rng)
-        for g, x in enumerate(rows):
-            _add_moments(self.total[g], x, None, self.layer)
+        for moments, x in zip(self.moments, rows, strict=True):
+            moments.add(x)
         self.count += len(rows[0])
 
     def hessian(self) -> np.ndarray:
-        """H = S / n, [groups, width, width] float64 (the running sum is divided in place)."""
+        """H = S / n, [groups, width, width] float64."""
         if self.count == 0:
             raise CalibrationError(f"layer '{self.layer.node}': saw no calibration rows; give at least one sample")
-        self.total /= self.count
-        self.count = 1
-        return self.total
+        return _divided(self.moments, self.layer.width, self.count)
 
 
-def _add_moments(total: np.ndarray, x: np.ndarray, y: np.ndarray | None, layer: Layer) -> None:
-    """total += x~^T y~ for rows x, y (y = x when None), the 1 column appended when there is a bias."""
-    d = layer.inputs
-    total[:d, :d] += _product(x, y, d)
-    if layer.bias:
-        ones_x = x.sum(axis=0, dtype=np.float64)
-        ones_y = ones_x if y is None else y.sum(axis=0, dtype=np.float64)
-        total[:d, d] += ones_x
-        total[d, :d] += ones_y
-        total[d, d] += x.shape[0]
+def _divided(moments: list[Moments], width: int, count: int) -> np.ndarray:
+    """[groups, width, width] float64: every group's S / n (the accumulators are freed on the way)."""
+    out = np.zeros((len(moments), width, width))
+    for g, m in enumerate(moments):
+        m.total(out[g])
+        m.product = None
+    out /= count
+    return out
 
 
 @dataclass(frozen=True)
@@ -365,8 +405,10 @@ class PairedSum:
         self.layer = layer
         self.max_positions = max_positions
         self.rng = np.random.default_rng(seed)
-        shape = (layer.groups, layer.width, layer.width)
-        self.sums = {key: np.zeros(shape) for key in ("hessian", "cross", "reference")}
+        kinds = {"hessian": True, "cross": False, "reference": True}
+        self.sums = {
+            k: [Moments(layer.inputs, bool(layer.bias), sym) for _ in range(layer.groups)] for k, sym in kinds.items()
+        }
         self.count = 0
         self.pending: np.ndarray | None = None
 
@@ -379,16 +421,16 @@ class PairedSum:
         self.rng.bit_generator.state = state  # the same positions in the reference
         theirs = self.layer.input_rows(activation, self.max_positions, self.rng)
         for g, (x, y) in enumerate(zip(mine, theirs, strict=True)):
-            _add_moments(self.sums["hessian"][g], x, None, self.layer)
-            _add_moments(self.sums["cross"][g], x, y, self.layer)
-            _add_moments(self.sums["reference"][g], y, None, self.layer)
+            self.sums["hessian"][g].add(x)
+            self.sums["cross"][g].add(x, y)
+            self.sums["reference"][g].add(y)
         self.count += len(mine[0])
         self.pending = None
 
     def stats(self) -> LayerStats:
         if self.count == 0:
             raise CalibrationError(f"layer '{self.layer.node}': saw no calibration rows; give at least one sample")
-        return LayerStats(**{k: v / self.count for k, v in self.sums.items()})
+        return LayerStats(**{k: _divided(v, self.layer.width, self.count) for k, v in self.sums.items()})
 
 
 #: prefix of the reference model's tensors inside a paired model
@@ -483,10 +525,11 @@ def dead_inputs(h: np.ndarray) -> np.ndarray:
     return diag <= DEAD_TOLERANCE * np.maximum(scale, np.finfo(float).tiny)
 
 
-def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8) -> Prepared:
+def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8, single: bool = False) -> Prepared:
     """Dead inputs get H_ii = 1 (their rows and columns are zero), then H += lambda mean(diag H) I;
-    the inverse comes from a Cholesky factorization. When H is not positive definite (collinear inputs
-    and damping 0, or round-off), lambda is raised tenfold from at least 1e-8 until it is."""
+    the inverse comes from a Cholesky factorization, in float32 when `single` (half the time and
+    memory, for wide layers), else in float64. When H is not positive definite (collinear inputs and
+    damping 0, or round-off), lambda is raised tenfold from at least 1e-8 until it is."""
     if damping < 0:
         raise ValueError("damping must be >= 0")
     dead = dead_inputs(h)
@@ -502,7 +545,7 @@ def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8) -> Prepared
     undamped = base[:, diagonal, diagonal].copy()
     for _ in range(attempts):
         base[:, diagonal, diagonal] = undamped + (lam * live_mean)[:, None]
-        inverse = _cholesky_inverses(base)
+        inverse = _cholesky_inverses(base, np.float32 if single else np.float64)
         if inverse is not None:
             return Prepared(base, inverse, dead, lam)
         lam = max(lam * 10.0, 1e-8)
@@ -512,66 +555,74 @@ def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8) -> Prepared
     )
 
 
-def _cholesky_inverses(h: np.ndarray) -> np.ndarray | None:
-    out = np.empty_like(h)
+def _cholesky_inverses(h: np.ndarray, dtype) -> np.ndarray | None:
+    inverses = []
     for g in range(len(h)):
-        inverse = cholesky_inverse(h[g])
+        single = dtype == np.float32
+        inverse = cholesky_inverse(h[g].astype(np.float32) if single else h[g], overwrite=single)
         if inverse is None:
             return None
-        out[g] = inverse
-    return out
+        inverses.append(inverse)
+    return inverses[0][None] if len(inverses) == 1 else np.stack(inverses)
 
 
-def cholesky_inverse(h: np.ndarray) -> np.ndarray | None:
-    """H^-1 through the Cholesky factor H = L L^T (LAPACK potrf/potri when SciPy is installed);
-    None when H is not (numerically) positive definite."""
+def cholesky_inverse(h: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
+    """H^-1 of a symmetric H through the Cholesky factor H = L L^T (LAPACK potrf/potri, in H's
+    precision: float32 or float64); None when H is not (numerically) positive definite. `overwrite`:
+    H's memory may be reused."""
     if not np.isfinite(h).all():
         return None
-    if _lapack is not None:
-        factor, info = _lapack.dpotrf(h, lower=True, clean=True)
-        if info != 0 or not _well_conditioned(np.diag(factor), h):
-            return None
-        inverse, info = _lapack.dpotri(factor, lower=True, overwrite_c=True)
-        if info != 0:
-            return None
-        inverse = np.tril(inverse)
-        inverse += np.tril(inverse, -1).T
-    else:
-        try:
-            factor = np.linalg.cholesky(h)
-        except np.linalg.LinAlgError:
-            return None
-        if not _well_conditioned(np.diag(factor), h):
-            return None
-        lower_inverse = np.linalg.inv(factor)
-        inverse = lower_inverse.T @ lower_inverse
+    single = h.dtype == np.float32
+    potrf, potri = (_lapack.spotrf, _lapack.spotri) if single else (_lapack.dpotrf, _lapack.dpotri)
+    # H is symmetric, so H^T (Fortran-ordered when H is C-ordered) is H: LAPACK works on it in place
+    work = h.T if overwrite and h.flags.c_contiguous else np.array(h.T, order="F")
+    factor, info = potrf(work, lower=True, clean=False, overwrite_a=True)
+    if info != 0 or not _well_conditioned(np.diag(factor), h):
+        return None
+    inverse, info = potri(factor, lower=True, overwrite_c=True)
+    if info != 0:
+        return None
+    mirror_triangle(inverse)
+    inverse = inverse.T  # symmetric: the C-ordered view of the Fortran-ordered result
     if not np.isfinite(inverse).all() or (np.diag(inverse) <= 0).any():
         return None
     return inverse
 
 
+def mirror_triangle(a: np.ndarray, step: int = 512) -> None:
+    """Make square `a` symmetric from its lower triangle, in place, a block of rows at a time (no n^2
+    temporary)."""
+    for i in range(0, len(a), step):
+        block = a[i : i + step, i : i + step]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        a[i : i + step, i + step :] = a[i + step :, i : i + step].T
+
+
 def _well_conditioned(pivots: np.ndarray, h: np.ndarray) -> bool:
     """A Cholesky factor whose smallest pivot^2 is not lost in round-off against the largest H_ii
-    (an exactly singular H can factor with pivots of 1e-16)."""
-    return bool(np.min(pivots) ** 2 > CONDITION_FLOOR * np.max(np.diag(h)))
+    (an exactly singular H can factor with pivots of 1e-16; of 1e-8 in float32)."""
+    floor = CONDITION_FLOOR_SINGLE if h.dtype == np.float32 else CONDITION_FLOOR
+    return bool(float(np.min(pivots)) ** 2 > floor * float(np.max(np.diag(h))))
 
 
 def subtract_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """c -= a @ b^T in place (c [m, n] C-contiguous float64, a [m, k], b [n, k]).
+    """c -= a @ b^T in place (c [m, n] C-contiguous, float32 or float64; a [m, k], b [n, k]).
 
-    With SciPy, BLAS dgemm writes into c directly (as the Fortran-ordered c^T -= b a^T): no [m, n]
-    temporary, which for a 4608^2 inverse Hessian is 170 MB of fresh pages per downdate."""
-    if _blas is not None and c.dtype == np.float64 and c.flags.c_contiguous:
-        _blas.dgemm(-1.0, b, a, beta=1.0, c=c.T, trans_b=True, overwrite_c=True)
+    BLAS gemm writes into c directly (as the Fortran-ordered c^T -= b a^T): no [m, n] temporary,
+    which for a 4608^2 inverse Hessian is 170 MB of fresh pages per downdate."""
+    if c.flags.c_contiguous and c.dtype in (np.float32, np.float64):
+        gemm = _blas.sgemm if c.dtype == np.float32 else _blas.dgemm
+        gemm(
+            -1.0,
+            b.astype(c.dtype, copy=False),
+            a.astype(c.dtype, copy=False),
+            beta=1.0,
+            c=c.T,
+            trans_b=True,
+            overwrite_c=True,
+        )
     else:
         c -= a @ b.T
-
-
-try:  # SciPy is optional: potri is about 3x faster than NumPy's cholesky + inv, dgemm works in place
-    from scipy.linalg import blas as _blas
-    from scipy.linalg import lapack as _lapack
-except ImportError:  # pragma: no cover - depends on the environment
-    _blas = _lapack = None
 
 
 # ---- errors -----------------------------------------------------------------------------------
@@ -580,12 +631,16 @@ def layer_error(delta: np.ndarray, h: np.ndarray, row_group: np.ndarray) -> floa
     total = 0.0
     for g in range(len(h)):
         d = delta[row_group == g]
-        total += 0.5 * quadratic(d, h[g], d)
+        total += 0.5 * quadratic(d, h[g], d, precise=False)
     return total
 
 
-def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray) -> float:
-    """sum_r a_r^T H b_r, through one matrix product (BLAS)."""
+def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray, precise: bool = True) -> float:
+    """sum_r a_r^T H b_r, through one matrix product (BLAS). Not `precise` (a form a^T H a reported
+    as it is, never subtracted from another): float32 when H is wider than PRECISE_WIDTH."""
+    if not precise and h.shape[0] > PRECISE_WIDTH:
+        a32 = a.astype(np.float32)
+        return float(np.sum((a32 @ h.astype(np.float32)) * a32, dtype=np.float64))
     return float(np.sum((a @ h) * b))
 
 

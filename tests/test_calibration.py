@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.helper as oh
 import onnxruntime
 import pytest
 from graphs import Builder
@@ -111,7 +112,9 @@ def test_collect_streams_batches_of_the_requested_tensors():
     images = _images(10)
     names = ["conv_out", model.graph.output[0].name]
     seen: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    count = collect(model, Dataset({"image": images}), {n: [seen[n].append] for n in names}, batch_size=4)
+    # an accumulator may not keep its array: the next batch of the same shape is written into it
+    accumulators = {n: [lambda a, n=n: seen[n].append(a.copy())] for n in names}
+    count = collect(model, Dataset({"image": images}), accumulators, batch_size=4)
     assert count == 10
     assert [len(a) for a in seen["conv_out"]] == [4, 4, 2]
     exposed = onnx.ModelProto()
@@ -120,6 +123,17 @@ def test_collect_streams_batches_of_the_requested_tensors():
     full = runtime.run(runtime.session(exposed), {"image": images})
     np.testing.assert_allclose(np.concatenate(seen["conv_out"]), full[1], rtol=1e-6)
     np.testing.assert_allclose(np.concatenate(seen[names[1]]), full[0], rtol=1e-6)
+
+
+def test_collect_reuses_output_arrays_and_falls_back_when_shapes_follow_the_data():
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.INT64, [2, "k"])
+    graph = oh.make_graph([oh.make_node("NonZero", ["x"], ["y"], name="nz")], "g", [x], [y])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
+    data = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=np.float32)
+    counts = []
+    collect(model, Dataset({"x": data}), {"y": [lambda a: counts.append(a.shape[1])]}, batch_size=1)
+    assert counts == [1, 0, 3, 1]
 
 
 def test_collect_shows_a_progress_bar_per_batch_only_when_asked(capfd):

@@ -74,6 +74,21 @@ def test_patches_times_weights_reproduce_onnxruntime_conv(case):
         np.testing.assert_allclose(p @ w[g * per : (g + 1) * per].reshape(per, -1).T, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0])}d-{c[4]}")
+def test_sampled_patches_are_the_rows_of_all_patches_at_the_sampled_positions(case):
+    """Subsampling gathers exactly the chosen rows, padding taps included."""
+    spatial, cin, cout, kernel, attrs = case
+    model = _conv_model(spatial, cin, cout, kernel, attrs, bias=False)
+    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    x = np.random.default_rng(2).standard_normal((3, cin, *spatial))
+    every = patches(x, layer.conv, layer.kernel, layer.groups)
+    count = len(every[0]) // 2
+    sampled = patches(x, layer.conv, layer.kernel, layer.groups, count, np.random.default_rng(7))
+    chosen = np.sort(np.random.default_rng(7).choice(len(every[0]), count, replace=False))
+    for full, part in zip(every, sampled, strict=True):
+        np.testing.assert_array_equal(part, full[chosen])
+
+
 @pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[6:7], ids=["plain", "strided", "grouped", "1d"])
 def test_conv_layer_matrix_gives_onnxruntime_output_with_bias(case):
     """Z = X~ W~^T with X~ = [patches, 1] and W~ = [W.reshape(O, -1), b] per group."""

@@ -134,6 +134,21 @@ def test_predicted_costs_equal_measured_errors_for_conv_and_flatten_blocks():
         assert note["predicted_error"] == pytest.approx(note["measured_error"], rel=1e-5, abs=1e-9)
 
 
+def test_wide_consumers_in_float32_choose_and_compensate_as_in_float64(monkeypatch):
+    """Above hessian.PRECISE_WIDTH, H^-1 is inverted and downdated in float32: same channels, same
+    predicted and measured errors to float32 accuracy."""
+    model = _flatten_net(2)
+    data = _data(model, 80)
+    options = _options(0.5, damping=0.01)
+    precise = prune(model, "obs", options, calibration=data, run_validation=False)
+    monkeypatch.setattr("onnxprune.methods.obs.PRECISE_WIDTH", 0)
+    single = prune(model, "obs", options, calibration=data, run_validation=False)
+    assert single.plans[0].removed == precise.plans[0].removed
+    for a, b in zip(precise.report["steps"][0]["layers"], single.report["steps"][0]["layers"], strict=True):
+        assert b["predicted_error"] == pytest.approx(a["predicted_error"], rel=1e-4)
+        assert b["measured_error"] == pytest.approx(a["measured_error"], rel=1e-4)
+
+
 def _layer_output(model, data, layer):
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)

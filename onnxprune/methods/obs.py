@@ -17,6 +17,9 @@ greedy steps (MAX_HEAVY_STEPS when its downdates are large): a step takes the ch
 the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
 forces one channel per step (the exact greedy).
 
+Consumers wider than hessian.PRECISE_WIDTH inputs keep H^-1 in float32 (inverted by LAPACK spotri,
+downdated by sgemm: half the time and memory); the small block inverses stay in float64.
+
 Groups are skipped (left whole, with the reason in the report) when a consumer is not a Gemm,
 MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WIDTH inputs.
 """
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import Layer, LayerStats, cholesky_inverse, find_layers, prepare, subtract_product
+from ..hessian import PRECISE_WIDTH, Layer, LayerStats, cholesky_inverse, find_layers, prepare, subtract_product
 from ..plan import PruningPlan
 from .base import Method, MethodContext
 from .lobs import Settings, collect_on_updated, layer_waves, layer_weights, write_layer
@@ -66,7 +69,7 @@ class Consumer:
 
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
-        prep = prepare(stats.hessian, damping)
+        prep = prepare(stats.hessian, damping, single=layer.width > PRECISE_WIDTH)
         groups = layer.row_group
         m0 = np.asarray(m0, dtype=np.float64)
         m = stats.target(m0, prep.inverse, groups)
@@ -100,7 +103,7 @@ class Consumer:
         local = self.position[blocks]  # [C, b]; -1 where already removed
         live = local >= 0
         safe = np.where(live, local, 0)
-        hbb = self.inverse[safe[:, :, None], safe[:, None, :]]
+        hbb = self.inverse[safe[:, :, None], safe[:, None, :]].astype(np.float64)
         eye = np.eye(blocks.shape[1])[None]
         both = live[:, :, None] & live[:, None, :]
         hbb = np.where(both, hbb, eye)  # removed columns: identity (their weights are 0)
@@ -118,8 +121,8 @@ class Consumer:
         local = local[local >= 0]
         if len(local) == 0:
             return 0.0
-        hbb = self.inverse[np.ix_(local, local)]
-        inv_bb = cholesky_inverse(hbb)
+        hbb = self.inverse[np.ix_(local, local)].astype(np.float64)
+        inv_bb = cholesky_inverse(hbb, overwrite=True)
         if inv_bb is None:
             inv_bb = np.linalg.pinv(hbb)
         wb = self.weights[:, local]
