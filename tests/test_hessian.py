@@ -74,9 +74,12 @@ def test_patches_times_weights_reproduce_onnxruntime_conv(case):
         np.testing.assert_allclose(p @ w[g * per : (g + 1) * per].reshape(per, -1).T, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("gather_cost", [0, 10**9], ids=["gathered", "windows"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0])}d-{c[4]}")
-def test_sampled_patches_are_the_rows_of_all_patches_at_the_sampled_positions(case):
-    """Subsampling gathers exactly the chosen rows, padding taps included."""
+def test_sampled_patches_are_the_rows_of_all_patches_at_the_sampled_positions(case, gather_cost, monkeypatch):
+    """Subsampling gives exactly the chosen rows, padding taps included, whether the patches are
+    gathered from the unpadded input or cut from windows of the padded one."""
+    monkeypatch.setattr("onnxprune.patches.GATHER_COST", gather_cost)
     spatial, cin, cout, kernel, attrs = case
     model = _conv_model(spatial, cin, cout, kernel, attrs, bias=False)
     layer = find_layers(GraphIndex.build(model))[0]["conv"]
