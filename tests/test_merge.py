@@ -350,3 +350,23 @@ def test_plot_without_matplotlib_is_an_option_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(OptionError, match=re.escape("pip install")):
         _merge(_gemm_chain(), 0.2, plot=str(tmp_path))
+
+
+def test_least_squares_surgery_across_a_prelu_group():
+    """PRelu slopes add to D, so the scale comes from the unit weight-sets: a scaled twin with the same slope still
+    merges exactly (alpha = |W_j| / |W_i|); a twin with another slope is not chosen while an exact one exists."""
+    rng = np.random.default_rng(21)
+    w = rng.standard_normal((5, 4))
+    w[3] = 2.0 * w[1]
+    slope = np.array([0.1, 0.2, 0.3, 0.2, 0.5])
+    b = Builder()
+    x = b.input("x", [4, 4])
+    z = b.node("Gemm", [x, b.const(w, "fc1.w"), b.const(np.zeros(5), "fc1.b")], name="fc1", transB=1)
+    h = b.node("PRelu", [z, b.const(slope, "slope")], name="prelu")
+    b.output(b.node("Gemm", [h, b.const(rng.standard_normal((5, 3)), "fc2.w")], name="fc2"))
+    model = b.model()
+    merged = _merge(model, 0.2, "fc1")
+    assert merged.plans[0].removed <= {1, 3} and len(merged.plans[0].removed) == 1
+    note = merged.report["groups"][0]["notes"]
+    assert note["normalized"] is True and note["surgery_scale"] == "lsq"
+    assert _max_change(model, merged.model) < 1e-5

@@ -144,7 +144,7 @@ def test_least_squares_scale_is_the_brute_force_greedy_and_tightens_the_bound():
     engine_out = outgoing.copy()
     steps = greedy(
         squared_distances(w, True), engine_out, np.full(9, 3), np.ones(9, bool), np.ones(9, bool), 7,
-        scale=lambda i, j: max(0.0, float(units[i] @ units[j])),
+        scale=lambda i, j, distance: max(0.0, float(units[i] @ units[j])),
     )  # fmt: skip
     brute, alive, grid = outgoing.copy(), set(range(9)), np.linspace(0.0, 1.0, 10001)
     for step in steps:
@@ -162,3 +162,17 @@ def test_least_squares_scale_is_the_brute_force_greedy_and_tightens_the_bound():
     assert all(s.scale < 1.0 for s in steps)  # distinct rows: never the paper's alpha' = 1
     undo(engine_out, steps)
     np.testing.assert_allclose(engine_out, outgoing, rtol=1e-12, atol=1e-12)
+
+
+def test_cosine_from_the_unit_distance():
+    """merge.py's scale without PRelu slopes: max(0, 1 - D_ij / 2) = max(0, cos_ij) for the D the engine holds."""
+    from onnxprune.methods.merge import cosine_from_distance
+
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((6, 4))
+    units = w / np.linalg.norm(w, axis=1)[:, None]
+    dist = squared_distances(w, True)
+    for i in range(6):
+        for j in range(6):
+            expected = max(0.0, float(units[i] @ units[j]))
+            assert cosine_from_distance(i, j, dist[i, j]) == pytest.approx(expected, abs=1e-12)

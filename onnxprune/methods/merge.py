@@ -18,9 +18,9 @@ alpha h(z)). The paper takes alpha = |W_j| / |W_i| (--merge-scale paper): bound 
 (--merge-scale lsq, an extension of the paper) takes the alpha that minimizes that bound, the least-squares
 alpha = max(0, cos_ij) |W_j| / |W_i|: bound <a_j^2> |W_j|^2 (1 - cos_ij^2) for cos_ij > 0, which is at most s'(i, j)
 (1 - c^2 = (1 - c)(1 + c) <= 2 (1 - c)) and never above deleting j without surgery (<a_j^2> |W_j|^2); for
-cos_ij <= 0 it is the deletion. The pair is chosen by s' in both cases (same order, same saliency curve); only the
-surgery differs. The unnormalized variant keeps alpha = 1. BatchNormalization is folded into the producers first
-(pre-pass "fold").
+cos_ij <= 0 it is the deletion. The pair is chosen by s' in both cases; only the surgery differs (after the
+first step the order can differ: s' weighs the survivors' outgoing weights, which the surgery changed). The
+unnormalized variant keeps alpha = 1. BatchNormalization is folded into the producers first (pre-pass "fold").
 
 --ratio auto: the greedy runs up to --max-ratio, records the saliency of every step (the "saliency curve",
 flat then steep), and keeps the steps up to the curve's knee (merge_greedy.knee). --no-surgery deletes j without
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +182,7 @@ class _Setup:
     deletable: np.ndarray
     survivor_ok: np.ndarray
     norms: np.ndarray
-    scale: UnitCosines | None  # the least-squares surgery scale (normalized variant, --merge-scale lsq)
+    scale: Callable[[int, int, float], float] | None  # least-squares surgery scale (normalized, --merge-scale lsq)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class UnitCosines:
     units: tuple[np.ndarray, ...]  # per class: [n_k, d_k] unit weight-sets
     where: np.ndarray  # [n, 2]: (class, row in the class) of each of the group's channels
 
-    def __call__(self, i: int, j: int) -> float:
+    def __call__(self, i: int, j: int, distance: float = 0.0) -> float:
         (ci, ri), (cj, rj) = self.where[i], self.where[j]
         if ci != cj:
             return 0.0
@@ -203,10 +204,16 @@ class UnitCosines:
         return max(0.0, float(np.dot(unit[ri].astype(np.float64), unit[rj].astype(np.float64))))
 
 
+def cosine_from_distance(i: int, j: int, distance: float) -> float:
+    """alpha'(i, j) = max(0, cos_ij) = max(0, 1 - D_ij / 2), D_ij = ||u_i - u_j||^2 (no PRelu slopes in D)."""
+    return max(0.0, 1.0 - 0.5 * distance)
+
+
 def _setup(problem: MergeProblem, group, normalize: bool, lsq: bool = False) -> _Setup:
     """D, A and the masks over all the group's channels; takes the problem's A over (scaled in place).
 
-    lsq: also the unit weight-sets for the least-squares surgery scale (the class weights are divided in place).
+    lsq: also the least-squares surgery scale: from D_ij when D is the unit rows' distance alone, else (PRelu slopes
+    add to D) from the unit weight-sets, kept for the greedy (the class weights are divided in place).
     """
     n = len(problem.channels)
     width = max((c.outgoing.shape[1] for c in problem.classes), default=0)
@@ -217,6 +224,7 @@ def _setup(problem: MergeProblem, group, normalize: bool, lsq: bool = False) -> 
     counts = np.zeros(n, dtype=np.int64)
     norms, survivor_ok, deletable = np.ones(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     units, where = [], np.zeros((n, 2), dtype=np.int64)
+    slopes = any(cls.slopes.shape[1] for cls in problem.classes)
     for k, cls in enumerate(problem.classes):
         rows = cls.rows
         row_norms = np.sqrt(np.einsum("ij,ij->i", cls.weights, cls.weights, dtype=np.float64))
@@ -237,10 +245,10 @@ def _setup(problem: MergeProblem, group, normalize: bool, lsq: bool = False) -> 
         norms[rows] = scale
         survivor_ok[rows] = has_out & ((row_norms > 0) if normalize else True)
         deletable[rows] = has_out & free[rows]
-        if lsq:
+        if lsq and slopes:
             units.append(_unit_rows(cls.weights, row_norms))
             where[rows] = np.stack([np.full(len(rows), k), np.arange(len(rows))], axis=1)
-    scale = UnitCosines(tuple(units), where) if lsq else None
+    scale = (UnitCosines(tuple(units), where) if slopes else cosine_from_distance) if lsq else None
     return _Setup(dist, outgoing, counts, deletable, survivor_ok, norms, scale)
 
 

@@ -3,7 +3,7 @@
 Saliency of deleting channel j into survivor i (Srinivas & Babu 2015, eq. 7):
     s(i, j) = <a_j^2> ||W_i - W_j||^2,   <a_j^2> = mean of the squares of j's outgoing weights.
 Each step takes the ordered pair of least s, deletes j and performs the surgery a_i <- a_i + alpha_ij a_j, with
-alpha_ij = 1 (the paper) or any scale(i, j) >= 0 the caller gives (merge.py: the least-squares scale).
+alpha_ij = 1 (the paper) or any scale(i, j, D_ij) >= 0 the caller gives (merge.py: the least-squares scale).
 
 Cost. D_ij = ||W_i - W_j||^2 = G_ii + G_jj - 2 G_ij comes from one Gram matrix G = W W^T (O(n^2 d), float64).
 D never changes (the survivor keeps its weight-set); a step only changes <a_i^2> of the survivor. Since
@@ -69,7 +69,7 @@ def greedy(
     survivor_ok: np.ndarray,
     steps: int,
     surgery: bool = True,
-    scale: Callable[[int, int], float] | None = None,
+    scale: Callable[[int, int, float], float] | None = None,
 ) -> list[Step]:
     """Run at most `steps` greedy merges; stop early when no pair is allowed.
 
@@ -77,7 +77,7 @@ def greedy(
     outgoing: [n, m] outgoing weights a (float64); overwritten by the surgeries when `surgery`.
     counts: number of real outgoing weights per row (the mean of squares divides by it).
     deletable / survivor_ok: which rows may be deleted / may absorb.
-    scale: alpha(i, j) >= 0 of the surgery a_i += alpha a_j (None: 1). It does not change the choice of the pair.
+    scale: alpha(i, j, D_ij) >= 0 of the surgery a_i += alpha a_j (None: 1). It does not change the choice of the pair.
     """
     n = dist.shape[0]
     cols = dist  # cols[j, k] = D[k, j]: row j lists the candidate survivors of deleting j
@@ -96,7 +96,7 @@ def greedy(
         score[allowed] = mean_sq[allowed] * dmin[allowed]
         j = int(np.argmin(score))
         i = int(darg[j])
-        alpha = 1.0 if scale is None else float(scale(i, j))
+        alpha = 1.0 if scale is None else float(scale(i, j, float(dmin[j])))
         result.append(Step(j, i, float(score[j]), alpha))
         open_[j] = False
         cols[:, j] = np.inf
