@@ -4,7 +4,8 @@ Models: models/mlp.onnx (LeNet-300-100) and models/lenet5.onnx, trained on sklea
 test samples of models/digits_test.npz. For LeNet-5 two settings: the fully connected layers only (as in
 Srinivas & Babu 2015; --include Gemm) and every layer. Columns:
 
-- merge: neuron merging with the normalized saliency (default), merge-plain: --no-merge-normalize,
+- merge: neuron merging with the normalized saliency and the least-squares surgery scale (default),
+- merge-paper: --merge-scale paper (the paper's surgery scale |W_j|/|W_i|), merge-plain: --no-merge-normalize,
 - no-surgery: merge's choice of channel, deleted without adding its outgoing weights (the paper's ablation),
 - magnitude: L2 norm of the channel's incoming weights, random: mean over 3 seeds.
 
@@ -35,6 +36,7 @@ SETTINGS = (
 )
 COLUMNS = (
     ("merge", "merge", {}),
+    ("merge-paper", "merge", {"merge_scale": "paper"}),
     ("merge-plain", "merge", {"merge_normalize": False}),
     ("no-surgery", "merge", {"no_surgery": True}),
     ("magnitude", "magnitude", {}),
@@ -91,8 +93,9 @@ def main() -> int:
     for name, file, include in SETTINGS:
         block, scores = table(name, ROOT / "models" / file, include)
         lines += block + [""]
-        wins = sum(m >= g for m, g in zip(scores["merge"], scores["magnitude"], strict=True))
-        summary.append(f"- {name}: merge >= magnitude at {wins}/{len(RATIOS)} ratios")
+        for column in ("merge", "merge-paper"):
+            wins = sum(m >= g for m, g in zip(scores[column], scores["magnitude"], strict=True))
+            summary.append(f"- {name}: {column} >= magnitude at {wins}/{len(RATIOS)} ratios")
     lines += summary + ["", "### Where --ratio auto lands (knee of each group's saliency curve, --max-ratio 0.9)", ""]
     lines += ["| model | hidden removed | per group | params | test accuracy |", "|---|---|---|---|---|"]
     for name, file, include in SETTINGS:

@@ -173,11 +173,58 @@ def test_saliency_and_surgery_by_hand():
 
 def test_normalized_saliency_and_surgery_by_hand():
     """Unit rows u0 = [1,0], u1 = [1,1]/sqrt2, u2 = [0,1]; a'_j = |W_j| a_j with mean squares 1, 4, 2.25;
-    s(1,0) = 1 * (2 - sqrt2) is the least; a_1 += (|W_0|/|W_1|) a_0 = [2, 0] + [1, 1]/sqrt2."""
-    result = _merge(_hand_model(), 1 / 3)
+    s(1,0) = 1 * (2 - sqrt2) is the least; the paper's surgery a_1 += (|W_0|/|W_1|) a_0 = [2, 0] + [1, 1]/sqrt2."""
+    result = _merge(_hand_model(), 1 / 3, merge_scale="paper")
     assert result.plans[0].removed == {0}
     assert result.report["steps"][0]["saliency_curves"][0] == pytest.approx([2 - np.sqrt(2)])
     np.testing.assert_allclose(result.plans[0].updates["fc2.w"][1], [2 + 1 / np.sqrt(2), 1 / np.sqrt(2)], rtol=1e-6)
+    assert result.report["groups"][0]["notes"]["surgery_scale"] == "paper"
+
+
+def test_least_squares_surgery_by_hand():
+    """Same pair (same saliency); alpha = argmin ||W_0 - alpha W_1||^2 = <W_0, W_1> / |W_1|^2 = 1/2 (the default):
+    a_1 = [2, 0] + [1, 1] / 2, and the bound <a_0^2> ||W_0 - W_1/2||^2 = 1 * 0.5 is below the paper's 2 - sqrt2."""
+    alphas = np.linspace(0.0, 2.0, 2001)
+    w0, w1 = W_IN[0], W_IN[1]
+    residual = ((w0[None, :] - alphas[:, None] * w1[None, :]) ** 2).sum(1)
+    alpha = alphas[int(np.argmin(residual))]  # brute force over alpha
+    assert alpha == pytest.approx(0.5) and residual.min() == pytest.approx(0.5)
+    assert residual.min() < 2 - np.sqrt(2)
+    result = _merge(_hand_model(), 1 / 3)
+    assert result.plans[0].removed == {0}
+    assert result.report["steps"][0]["saliency_curves"][0] == pytest.approx([2 - np.sqrt(2)])
+    np.testing.assert_allclose(result.plans[0].updates["fc2.w"][1], A_OUT[1] + alpha * A_OUT[0], rtol=1e-6)
+    assert result.report["groups"][0]["notes"]["surgery_scale"] == "lsq"
+    # the next layer moves by at most <a_0^2> ||W_0 - alpha W_1||^2 ||x||^2 (per output, sum over the batch)
+    feeds = random_feeds(_hand_model(), batch=64, seed=5)
+    before = runtime.run(runtime.session(_hand_model()), feeds)[0]
+    after = runtime.run(runtime.session(result.model), feeds)[0]
+    x = next(iter(feeds.values())).astype(np.float64)
+    bound = np.sum(A_OUT[0] ** 2) * residual.min() * (np.sum(x**2, axis=1) + 1.0)  # x~ = [x; 1]
+    assert np.all(np.sum((after - before) ** 2, axis=1) <= bound + 1e-5)
+
+
+def test_least_squares_surgery_of_an_opposite_neuron_is_a_deletion():
+    """cos(W_0, W_1) < 0: the least-squares alpha is 0, so the survivor's outgoing weights stay as they were."""
+    w, a = np.array([[1.0, 0.2], [-1.0, 0.1]]), A_OUT[:2]
+    b = Builder()
+    x = b.input("x", [4, 2])
+    h = b.relu(b.node("Gemm", [x, b.const(w, "fc1.w"), b.const(np.zeros(2), "fc1.b")], name="fc1", transB=1))
+    b.output(b.node("Gemm", [h, b.const(a, "fc2.w"), b.const(np.zeros(2), "fc2.b")], name="fc2"))
+    model = b.model()
+    lsq = _merge(model, 0.5)
+    (gone,) = lsq.plans[0].removed
+    kept = 1 - gone
+    assert lsq.plans[0].removed == _merge(model, 0.5, no_surgery=True).plans[0].removed
+    np.testing.assert_array_equal(lsq.plans[0].updates.get("fc2.w", a)[kept], a[kept])
+    paper = _merge(model, 0.5, merge_scale="paper")
+    scale = np.linalg.norm(w[gone]) / np.linalg.norm(w[kept])
+    np.testing.assert_allclose(paper.plans[0].updates["fc2.w"][kept], a[kept] + scale * a[gone], rtol=1e-6)
+
+
+def test_unknown_merge_scale_is_an_option_error():
+    with pytest.raises(OptionError, match="--merge-scale"):
+        _merge(_hand_model(), 1 / 3, merge_scale="median")
 
 
 def test_greedy_of_the_method_equals_brute_force():
@@ -303,3 +350,23 @@ def test_plot_without_matplotlib_is_an_option_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(OptionError, match=re.escape("pip install")):
         _merge(_gemm_chain(), 0.2, plot=str(tmp_path))
+
+
+def test_least_squares_surgery_across_a_prelu_group():
+    """PRelu slopes add to D, so the scale comes from the unit weight-sets: a scaled twin with the same slope still
+    merges exactly (alpha = |W_j| / |W_i|); a twin with another slope is not chosen while an exact one exists."""
+    rng = np.random.default_rng(21)
+    w = rng.standard_normal((5, 4))
+    w[3] = 2.0 * w[1]
+    slope = np.array([0.1, 0.2, 0.3, 0.2, 0.5])
+    b = Builder()
+    x = b.input("x", [4, 4])
+    z = b.node("Gemm", [x, b.const(w, "fc1.w"), b.const(np.zeros(5), "fc1.b")], name="fc1", transB=1)
+    h = b.node("PRelu", [z, b.const(slope, "slope")], name="prelu")
+    b.output(b.node("Gemm", [h, b.const(rng.standard_normal((5, 3)), "fc2.w")], name="fc2"))
+    model = b.model()
+    merged = _merge(model, 0.2, "fc1")
+    assert merged.plans[0].removed <= {1, 3} and len(merged.plans[0].removed) == 1
+    note = merged.report["groups"][0]["notes"]
+    assert note["normalized"] is True and note["surgery_scale"] == "lsq"
+    assert _max_change(model, merged.model) < 1e-5

@@ -131,3 +131,48 @@ def test_subsample_keeps_ends():
     picked = subsample(values, 200)
     assert len(picked) <= 200 and picked[0] == 0 and picked[-1] == 999
     assert subsample([1, 2, 3]) == [1, 2, 3]
+
+
+def test_least_squares_scale_is_the_brute_force_greedy_and_tightens_the_bound():
+    """With scale(i, j) = max(0, <u_i, u_j>) the engine is the brute force on (W/|W|, |W| a) with a'_i += alpha a'_j;
+    each step's bound <a'_j^2> ||u_j - alpha u_i||^2 (alpha from a grid search) is at most the step's saliency
+    <a'_j^2> ||u_i - u_j||^2 and at most the deletion bound <a'_j^2>."""
+    rng = np.random.default_rng(12)
+    w, a = rng.standard_normal((9, 5)), rng.standard_normal((9, 3))
+    units = w / np.linalg.norm(w, axis=1)[:, None]
+    outgoing = a * np.linalg.norm(w, axis=1)[:, None]
+    engine_out = outgoing.copy()
+    steps = greedy(
+        squared_distances(w, True), engine_out, np.full(9, 3), np.ones(9, bool), np.ones(9, bool), 7,
+        scale=lambda i, j, distance: max(0.0, float(units[i] @ units[j])),
+    )  # fmt: skip
+    brute, alive, grid = outgoing.copy(), set(range(9)), np.linspace(0.0, 1.0, 10001)
+    for step in steps:
+        pairs = [(j, i) for j in alive for i in alive if i != j]
+        scores = [np.mean(brute[j] ** 2) * np.sum((units[i] - units[j]) ** 2) for j, i in pairs]
+        j, i = pairs[int(np.argmin(scores))]
+        assert (step.deleted, step.survivor) == (j, i) and step.saliency == pytest.approx(min(scores), rel=1e-9)
+        residuals = ((units[j][None, :] - grid[:, None] * units[i][None, :]) ** 2).sum(1)
+        assert step.scale == pytest.approx(grid[int(np.argmin(residuals))], abs=1e-4)
+        bound = np.mean(brute[j] ** 2) * residuals.min()
+        assert bound <= step.saliency + 1e-12 and bound <= np.mean(brute[j] ** 2) + 1e-12
+        brute[i] += step.scale * brute[j]
+        alive.discard(j)
+    np.testing.assert_allclose(engine_out, brute, rtol=1e-12, atol=1e-12)
+    assert all(s.scale < 1.0 for s in steps)  # distinct rows: never the paper's alpha' = 1
+    undo(engine_out, steps)
+    np.testing.assert_allclose(engine_out, outgoing, rtol=1e-12, atol=1e-12)
+
+
+def test_cosine_from_the_unit_distance():
+    """merge.py's scale without PRelu slopes: max(0, 1 - D_ij / 2) = max(0, cos_ij) for the D the engine holds."""
+    from onnxprune.methods.merge import cosine_from_distance
+
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((6, 4))
+    units = w / np.linalg.norm(w, axis=1)[:, None]
+    dist = squared_distances(w, True)
+    for i in range(6):
+        for j in range(6):
+            expected = max(0.0, float(units[i] @ units[j]))
+            assert cosine_from_distance(i, j, dist[i, j]) == pytest.approx(expected, abs=1e-12)

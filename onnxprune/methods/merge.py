@@ -11,8 +11,16 @@ a monotone activation h with max h' <= 1 (ReLU, LeakyReLU/PRelu slope <= 1, tanh
 the next layer is at most s(i, j) E||x||^2; for GELU/SiLU/HardSwish the report says "bound not guaranteed".
 
 Normalized variant (--merge-normalize, used where the activation is positively homogeneous: ReLU, leaky ReLU,
-PRelu, identity): compare W_i / |W_i|, weigh the outgoing weights by |W_j|, and scale the surgery:
-a_i <- a_i + (|W_j| / |W_i|) a_j. BatchNormalization is folded into the producers first (pre-pass "fold").
+PRelu, identity): compare W_i / |W_i|, weigh the outgoing weights by |W_j|, s'(i, j) = <a_j^2> |W_j|^2 ||u_i - u_j||^2
+with u = W / |W| and ||u_i - u_j||^2 = 2 (1 - cos_ij). The surgery a_i <- a_i + alpha a_j is exact for alpha W_i = W_j,
+and for any alpha >= 0 the next layer changes by at most <a_j^2> ||W_j - alpha W_i||^2 E||x||^2 (h(alpha z) =
+alpha h(z)). The paper takes alpha = |W_j| / |W_i| (--merge-scale paper): bound s'(i, j). The default
+(--merge-scale lsq, an extension of the paper) takes the alpha that minimizes that bound, the least-squares
+alpha = max(0, cos_ij) |W_j| / |W_i|: bound <a_j^2> |W_j|^2 (1 - cos_ij^2) for cos_ij > 0, which is at most s'(i, j)
+(1 - c^2 = (1 - c)(1 + c) <= 2 (1 - c)) and never above deleting j without surgery (<a_j^2> |W_j|^2); for
+cos_ij <= 0 it is the deletion. The pair is chosen by s' in both cases; only the surgery differs (after the
+first step the order can differ: s' weighs the survivors' outgoing weights, which the surgery changed). The
+unnormalized variant keeps alpha = 1. BatchNormalization is folded into the producers first (pre-pass "fold").
 
 --ratio auto: the greedy runs up to --max-ratio, records the saliency of every step (the "saliency curve",
 flat then steep), and keeps the steps up to the curve's knee (merge_greedy.knee). --no-surgery deletes j without
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +55,7 @@ class MergeSettings:
     ratio: float  # numeric ratio, or the cap under auto
     normalize: bool
     surgery: bool
+    scale: str  # surgery scale of the normalized variant: "lsq" or "paper"
     plot: Path | None
 
     @classmethod
@@ -56,11 +66,15 @@ class MergeSettings:
             raise OptionError(f"--max-ratio {max_ratio}: must be in [0, 1); 0.9 lets auto remove up to 90%")
         auto = options.ratio == "auto"
         plot = options.get("plot")
+        scale = str(options.get("merge_scale", "lsq"))
+        if scale not in SCALES:
+            raise OptionError(f"--merge-scale {scale}: unknown; use lsq (least-squares, default) or paper")
         return cls(
             auto=auto,
             ratio=max_ratio if auto else float(options.ratio),
             normalize=bool(options.get("merge_normalize", True)),
             surgery=not bool(options.get("no_surgery", False)),
+            scale=scale,
             plot=_plot_dir(plot) if plot else None,
         )
 
@@ -132,10 +146,10 @@ def merge_group(ctx: MethodContext, group, current: dict, removed_mask: np.ndarr
     problem = build_problem(ctx.index, ctx.analysis, group, current, removed_mask)
     normalize, why_not = _normalization(settings, activation, problem)
     target = group.size - keep_count(group, settings.ratio, ctx.options)
-    setup = _setup(problem, group, normalize)
+    setup = _setup(problem, group, normalize, lsq=normalize and settings.scale == "lsq")
     problem = problem.layout_only()  # the engine owns the matrices now; drop W early (memory)
     steps = greedy(setup.dist, setup.outgoing, setup.counts, setup.deletable, setup.survivor_ok, target,
-                   settings.surgery)  # fmt: skip
+                   settings.surgery, setup.scale)  # fmt: skip
     curve = [s.saliency for s in steps]
     taken = _auto_steps(group, curve, ctx.options) if settings.auto else len(steps)
     if settings.surgery:
@@ -168,10 +182,39 @@ class _Setup:
     deletable: np.ndarray
     survivor_ok: np.ndarray
     norms: np.ndarray
+    scale: Callable[[int, int, float], float] | None  # least-squares surgery scale (normalized, --merge-scale lsq)
 
 
-def _setup(problem: MergeProblem, group, normalize: bool) -> _Setup:
-    """D, A and the masks over all the group's channels; takes the problem's A over (scaled in place)."""
+@dataclass(frozen=True)
+class UnitCosines:
+    """alpha'(i, j) = max(0, cos_ij) = max(0, <u_i, u_j>), u = W / |W| (a zero row gives 0), rows of one class.
+
+    In the engine's |W|-weighted outgoing weights a' = |W| a, the least-squares surgery
+    a_i += max(0, cos_ij) (|W_j| / |W_i|) a_j reads a'_i += max(0, cos_ij) a'_j.
+    """
+
+    units: tuple[np.ndarray, ...]  # per class: [n_k, d_k] unit weight-sets
+    where: np.ndarray  # [n, 2]: (class, row in the class) of each of the group's channels
+
+    def __call__(self, i: int, j: int, distance: float = 0.0) -> float:
+        (ci, ri), (cj, rj) = self.where[i], self.where[j]
+        if ci != cj:
+            return 0.0
+        unit = self.units[ci]
+        return max(0.0, float(np.dot(unit[ri].astype(np.float64), unit[rj].astype(np.float64))))
+
+
+def cosine_from_distance(i: int, j: int, distance: float) -> float:
+    """alpha'(i, j) = max(0, cos_ij) = max(0, 1 - D_ij / 2), D_ij = ||u_i - u_j||^2 (no PRelu slopes in D)."""
+    return max(0.0, 1.0 - 0.5 * distance)
+
+
+def _setup(problem: MergeProblem, group, normalize: bool, lsq: bool = False) -> _Setup:
+    """D, A and the masks over all the group's channels; takes the problem's A over (scaled in place).
+
+    lsq: also the least-squares surgery scale: from D_ij when D is the unit rows' distance alone, else (PRelu slopes
+    add to D) from the unit weight-sets, kept for the greedy (the class weights are divided in place).
+    """
     n = len(problem.channels)
     width = max((c.outgoing.shape[1] for c in problem.classes), default=0)
     free = np.isin(problem.channels, np.asarray(group.free, dtype=np.int64))
@@ -180,7 +223,9 @@ def _setup(problem: MergeProblem, group, normalize: bool) -> _Setup:
     outgoing = problem.classes[0].outgoing if single else np.zeros((n, width))
     counts = np.zeros(n, dtype=np.int64)
     norms, survivor_ok, deletable = np.ones(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    for cls in problem.classes:
+    units, where = [], np.zeros((n, 2), dtype=np.int64)
+    slopes = any(cls.slopes.shape[1] for cls in problem.classes)
+    for k, cls in enumerate(problem.classes):
         rows = cls.rows
         row_norms = np.sqrt(np.einsum("ij,ij->i", cls.weights, cls.weights, dtype=np.float64))
         block = squared_distances(cls.weights, normalize)
@@ -200,7 +245,18 @@ def _setup(problem: MergeProblem, group, normalize: bool) -> _Setup:
         norms[rows] = scale
         survivor_ok[rows] = has_out & ((row_norms > 0) if normalize else True)
         deletable[rows] = has_out & free[rows]
-    return _Setup(dist, outgoing, counts, deletable, survivor_ok, norms)
+        if lsq and slopes:
+            units.append(_unit_rows(cls.weights, row_norms))
+            where[rows] = np.stack([np.full(len(rows), k), np.arange(len(rows))], axis=1)
+    scale = (UnitCosines(tuple(units), where) if slopes else cosine_from_distance) if lsq else None
+    return _Setup(dist, outgoing, counts, deletable, survivor_ok, norms, scale)
+
+
+def _unit_rows(weights: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """weights / |row|, in place (rows of norm 0 stay 0)."""
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    weights *= inverse[:, None].astype(weights.dtype)
+    return weights
 
 
 def _auto_steps(group, curve: list[float], options) -> int:
@@ -230,6 +286,8 @@ def _note(activation, normalize, why_not, settings, group, steps, target, record
         "normalized": normalize,
         "surgery": settings.surgery,
     }
+    if normalize and settings.surgery:
+        note["surgery_scale"] = settings.scale
     if activation.reason:
         note["bound_reason"] = activation.reason
     if why_not and settings.normalize:
@@ -274,6 +332,8 @@ def plot_curves(folder: Path, ctx: MethodContext, curves: dict[int, list[float]]
     return written
 
 
+SCALES = ("lsq", "paper")
+
 MERGE = Method(
     "merge",
     _decide,
@@ -289,6 +349,14 @@ OPTIONS = (
         True,
         "merge: compare unit-norm weight-sets (scaled surgery) where the activation is positively homogeneous",
         is_flag=True,
+    ),
+    MethodOption(
+        "--merge-scale",
+        "merge_scale",
+        "lsq",
+        "merge, normalized variant: surgery a_i += alpha a_j with the least-squares alpha = max(0, cos) |W_j|/|W_i| "
+        "(lsq, default, extends the paper) or the paper's alpha = |W_j|/|W_i| (paper)",
+        type=str,
     ),
     MethodOption(
         "--no-surgery", "no_surgery", False, "merge: delete without merging (the paper's ablation)", is_flag=True

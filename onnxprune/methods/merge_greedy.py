@@ -2,7 +2,8 @@
 
 Saliency of deleting channel j into survivor i (Srinivas & Babu 2015, eq. 7):
     s(i, j) = <a_j^2> ||W_i - W_j||^2,   <a_j^2> = mean of the squares of j's outgoing weights.
-Each step takes the ordered pair of least s, deletes j and performs the surgery a_i <- a_i + a_j.
+Each step takes the ordered pair of least s, deletes j and performs the surgery a_i <- a_i + alpha_ij a_j, with
+alpha_ij = 1 (the paper) or any scale(i, j, D_ij) >= 0 the caller gives (merge.py: the least-squares scale).
 
 Cost. D_ij = ||W_i - W_j||^2 = G_ii + G_jj - 2 G_ij comes from one Gram matrix G = W W^T (O(n^2 d), float64).
 D never changes (the survivor keeps its weight-set); a step only changes <a_i^2> of the survivor. Since
@@ -13,6 +14,7 @@ O(n) plus O(n) per rescanned column; memory is the n x n matrix D (plus W, n x d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +22,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Step:
-    """One greedy step: row `deleted` merged into row `survivor` at saliency `saliency`."""
+    """One greedy step: row `deleted` merged into row `survivor` at saliency `saliency`, a_i += scale a_j."""
 
     deleted: int
     survivor: int
     saliency: float
+    scale: float = 1.0
 
 
 #: above this many multiply-adds (n^2 d) the Gram matrix of float32 weight-sets is formed in float32 BLAS
@@ -66,6 +69,7 @@ def greedy(
     survivor_ok: np.ndarray,
     steps: int,
     surgery: bool = True,
+    scale: Callable[[int, int, float], float] | None = None,
 ) -> list[Step]:
     """Run at most `steps` greedy merges; stop early when no pair is allowed.
 
@@ -73,6 +77,7 @@ def greedy(
     outgoing: [n, m] outgoing weights a (float64); overwritten by the surgeries when `surgery`.
     counts: number of real outgoing weights per row (the mean of squares divides by it).
     deletable / survivor_ok: which rows may be deleted / may absorb.
+    scale: alpha(i, j, D_ij) >= 0 of the surgery a_i += alpha a_j (None: 1). It does not change the choice of the pair.
     """
     n = dist.shape[0]
     cols = dist  # cols[j, k] = D[k, j]: row j lists the candidate survivors of deleting j
@@ -91,11 +96,12 @@ def greedy(
         score[allowed] = mean_sq[allowed] * dmin[allowed]
         j = int(np.argmin(score))
         i = int(darg[j])
-        result.append(Step(j, i, float(score[j])))
+        alpha = 1.0 if scale is None else float(scale(i, j, float(dmin[j])))
+        result.append(Step(j, i, float(score[j]), alpha))
         open_[j] = False
         cols[:, j] = np.inf
-        if surgery:
-            outgoing[i] += outgoing[j]
+        if surgery and alpha:
+            outgoing[i] += alpha * outgoing[j]
             mean_sq[i] = float(outgoing[i] @ outgoing[i]) / max(int(counts[i]), 1)
         stale = np.flatnonzero((darg == j) & open_)
         if stale.size:
@@ -106,9 +112,9 @@ def greedy(
 
 
 def undo(outgoing: np.ndarray, steps: list[Step]) -> None:
-    """Take back the surgeries of `steps` (the last ones the greedy ran), in place: a_i -= a_j, newest first."""
+    """Take back the surgeries of `steps` (the last ones the greedy ran), in place: a_i -= alpha a_j, newest first."""
     for step in reversed(steps):
-        outgoing[step.survivor] -= outgoing[step.deleted]
+        outgoing[step.survivor] -= step.scale * outgoing[step.deleted]
 
 
 def knee(saliencies: list[float] | np.ndarray) -> int:
