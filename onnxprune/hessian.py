@@ -41,7 +41,7 @@ DEAD_TOLERANCE = 1e-12
 CONDITION_FLOOR = 1e-12
 CONDITION_FLOOR_SINGLE = 1e-6
 #: Hessians wider than this are inverted and downdated in float32 where a method allows it (obs)
-PRECISE_WIDTH = 2048
+PRECISE_WIDTH = 1024
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
