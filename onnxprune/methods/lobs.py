@@ -48,11 +48,14 @@ from ..hessian import Layer, LayerStats, collect_stats, find_layers, prepare, se
 from ..io import make_tensor
 from ..plan import PruningPlan
 from .base import Method, MethodContext, PruneOptions
+from .lobs_allocation import OutputProbe, grid_counts, hull_allocation, output_curves
+from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
 from .options import MethodOption
 from .select import repair_empty
 
 MODES = ("exact", "faithful")
-ALLOCATIONS = ("layer", "global")
+ALLOCATIONS = ("layer", "global", "output")
+BATCHNORM = ("absorb", "ignore")
 #: memory for the per-row inverse Hessians of one chunk of rows in exact mode
 CHUNK_BYTES = 8 * 2**20
 #: compact the per-row inverses once the live columns fall below this share of their width
@@ -74,6 +77,8 @@ class Settings:
     batch_size: int = 32
     progress: bool = False
     seed: int = 0
+    batchnorm: str = "absorb"
+    allocation_samples: int = 256
 
     @classmethod
     def from_options(cls, options: PruneOptions, method: str) -> Settings:
@@ -98,6 +103,12 @@ class Settings:
         batch = int(options.get("batch_size", 32) or 32)
         if batch < 1:
             raise OptionError(f"--batch-size {batch}: must be at least 1")
+        batchnorm = str(options.get("lobs_batchnorm", "absorb") or "absorb")
+        if batchnorm not in BATCHNORM:
+            raise OptionError(f"--lobs-batchnorm {batchnorm}: unknown; use one of {', '.join(BATCHNORM)}")
+        samples = int(options.get("allocation_samples", 256) or 0)
+        if samples < 1:
+            raise OptionError(f"--allocation-samples {samples}: must be at least 1 (256 is the default)")
         return cls(
             ratio,
             mode,
@@ -109,6 +120,8 @@ class Settings:
             batch,
             bool(options.get("progress", False)),
             int(options.seed),
+            batchnorm,
+            samples,
         )
 
 
@@ -383,30 +396,33 @@ def zero_read_channels(ctx: MethodContext, updates: dict[str, np.ndarray]) -> se
 def _decide(ctx: MethodContext) -> PruningPlan:
     settings = Settings.from_options(ctx.options, "lobs")
     found, skipped = find_layers(ctx.index)
-    layers = select_layers(found, ctx.options.include, ctx.options.exclude)
-    waves = layer_waves(ctx.index, layers) if settings.sequential else [layers]
-    spread = settings.allocation == "global" and settings.max_error is None
+    views = _views(ctx.index, select_layers(found, ctx.options.include, ctx.options.exclude), settings)
+    by_node = {view.node: view for view in views}
+    waves = layer_waves(ctx.index, [v.layer for v in views]) if settings.sequential else [[v.layer for v in views]]
+    spread = settings.allocation != "layer" and settings.max_error is None
     fixed: dict[str, int] = {}
     passes = len(waves)
     if spread and settings.sequential:  # the allocation needs every layer's trace: one extra pass
-        fixed = _global_allocation(_traces(ctx, settings, layers, {}, "lobs allocation"), settings.ratio)
+        fixed = _allocate(ctx, settings, views, _traces(ctx, settings, views, {}, "lobs allocation"))
         passes += 1
     updates: dict[str, np.ndarray] = {}
     outcomes = []
     for number, wave in enumerate(waves):
-        traces = _traces(ctx, settings, wave, updates, f"lobs statistics {number + 1}/{len(waves)}")
+        wave_views = [by_node[layer.node] for layer in wave]
+        traces = _traces(ctx, settings, wave_views, updates, f"lobs statistics {number + 1}/{len(waves)}")
         if spread and not fixed:  # not sequential: this one wave holds every layer
-            fixed = _global_allocation(traces, settings.ratio)
-        for trace in traces:
+            fixed = _allocate(ctx, settings, wave_views, traces)
+        for view, trace in zip(wave_views, traces, strict=True):
             count = fixed[trace.layer.node] if spread else trace.count_for(settings.ratio, settings.max_error)
             outcome = trace.finish(count)
-            write_layer(ctx.index, trace.layer, outcome.matrix, updates)
+            write_view(ctx.index, view, outcome.matrix, updates)
             outcomes.append(outcome)
     removed = zero_read_channels(ctx, updates)
     notes: dict = {
         "layers": [o.note() for o in outcomes],
         "lobs_mode": settings.mode,
         "lobs_allocation": settings.allocation if settings.max_error is None else "max-layer-error",
+        "lobs_batchnorm": {v.node: "virtual bias" if v.mean else "post-BN error" for v in views if v.scale is not None},
         "skipped_layers": skipped,
         "density": _overall_density(outcomes),
         "statistics_passes": passes,
@@ -416,6 +432,28 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         if gone:
             notes[group.id] = {"removed": gone, "why": "every consumer weight reading it is zero"}
     return PruningPlan(frozenset(removed), updates, "lobs", notes)
+
+
+def _views(index: GraphIndex, layers: list[Layer], settings: Settings) -> list[LayerView]:
+    """How OBS sees each layer: through the BatchNormalization that follows it (--lobs-batchnorm absorb)."""
+    if settings.batchnorm == "absorb":
+        return [batchnorm_view(index, layer) for layer in layers]
+    return [plain_view(layer) for layer in layers]
+
+
+def write_view(index: GraphIndex, view: LayerView, m: np.ndarray, updates: dict[str, np.ndarray]) -> None:
+    """Write the OBS result W' = `m` of `view` into `updates`: the layer's weights (and the BN mean that
+    holds a virtual bias)."""
+    mean = index.constant(view.mean) if view.mean else None
+    weights, new_mean = model_values(view, m, mean)
+    write_layer(index, view.model_layer, weights, updates)
+    if new_mean is not None:
+        if not np.isfinite(new_mean).all():
+            raise ValidationError(
+                f"layer '{view.node}': the bias absorbed into BatchNormalization is not finite; nothing is "
+                "written. Use more calibration samples, a larger --damping or --lobs-batchnorm ignore"
+            )
+        updates[view.mean] = new_mean.reshape(mean.shape).astype(mean.dtype)
 
 
 def collect_on_updated(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
@@ -436,15 +474,44 @@ def collect_on_updated(ctx: MethodContext, settings: Settings, layers: list[Laye
     )
 
 
-def _traces(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
+def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], updates, description: str):
     """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
     statistics are taken on the model with them applied, paired with the original model's."""
-    stats = collect_on_updated(ctx, settings, layers, updates, description)
-    return [trace_layer(layer, layer_weights(ctx.index, layer), stats.pop(layer.node), settings) for layer in layers]
+    stats = collect_on_updated(ctx, settings, [v.layer for v in views], updates, description)
+    return [
+        trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
+        for v in views
+    ]
 
 
-def _global_allocation(traces: list[LayerTrace], ratio: float) -> dict[str, int]:
-    return dict(zip((t.layer.node for t in traces), global_counts(traces, ratio), strict=True))
+def _allocate(ctx: MethodContext, settings: Settings, views: list[LayerView], traces: list[LayerTrace]):
+    """Removals per layer (node -> count) for `settings.ratio` of all their weights."""
+    if settings.allocation == "output":
+        counts = _output_counts(ctx, settings, views, traces)
+    else:
+        counts = global_counts(traces, settings.ratio)
+    return dict(zip((t.layer.node for t in traces), counts, strict=True))
+
+
+def _output_counts(ctx: MethodContext, settings: Settings, views: list[LayerView], traces: list[LayerTrace]):
+    """--lobs-allocation output (onnxprune.methods.lobs_allocation): every layer alone finished at a
+    grid of counts, the model's output error measured, the counts spread over the convex hulls."""
+    names = [n for v in views for n in (v.model_layer.weight, v.model_layer.bias, v.mean) if n]
+    data = ctx.calibration.take(settings.allocation_samples)
+    probe = OutputProbe(ctx.model, names, data, settings.batch_size, ctx.providers)
+    view_of = {v.node: v for v in views}
+
+    def grid(trace: LayerTrace) -> np.ndarray:
+        return grid_counts(trace.layer.rows * trace.layer.inputs, len(trace.sequence), settings.ratio)
+
+    def overrides(trace: LayerTrace, count: int) -> dict[str, np.ndarray]:
+        values: dict[str, np.ndarray] = {}
+        write_view(ctx.index, view_of[trace.layer.node], trace.finish(count).matrix, values)
+        return values
+
+    curves = output_curves(probe, traces, grid, overrides)
+    total = math.floor(settings.ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
+    return hull_allocation(curves, total)
 
 
 def _overall_density(outcomes: list[LayerOutcome]) -> float:
@@ -466,8 +533,25 @@ OPTIONS = (
         "--lobs-allocation",
         "lobs_allocation",
         "global",
-        "lobs: global (--ratio of all weights, spread so that every layer has the same relative error) or layer "
-        "(--ratio of every layer's weights, the paper's per-layer target)",
+        "lobs: global (--ratio of all weights, spread so that every layer has the same relative error), output "
+        "(--ratio of all weights, spread by each layer's measured effect on the model outputs: about 12 forward "
+        "passes of --allocation-samples samples per layer) or layer (--ratio of every layer's weights, the paper's "
+        "per-layer target)",
+        str,
+    ),
+    MethodOption(
+        "--allocation-samples",
+        "allocation_samples",
+        256,
+        "lobs: calibration samples on which --lobs-allocation output measures the output errors",
+        int,
+    ),
+    MethodOption(
+        "--lobs-batchnorm",
+        "lobs_batchnorm",
+        "absorb",
+        "lobs: absorb (a layer read only by a BatchNormalization is pruned for the error after the BN, and a "
+        "bias-free one gets its bias through the BN mean) or ignore",
         str,
     ),
     MethodOption(
