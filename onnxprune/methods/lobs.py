@@ -48,7 +48,7 @@ from ..hessian import Layer, LayerStats, collect_stats, find_layers, prepare, se
 from ..io import make_tensor
 from ..plan import PruningPlan
 from .base import Method, MethodContext, PruneOptions
-from .lobs_allocation import OutputProbe, grid_counts, hull_allocation, output_curves
+from .lobs_allocation import Curve, OutputProbe, grid_counts, hull_allocation, output_curves
 from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
 from .options import MethodOption
 from .select import repair_empty
@@ -400,20 +400,22 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     by_node = {view.node: view for view in views}
     waves = layer_waves(ctx.index, [v.layer for v in views]) if settings.sequential else [[v.layer for v in views]]
     spread = settings.allocation != "layer" and settings.max_error is None
-    fixed: dict[str, int] = {}
+    allocator = _ALLOCATORS[settings.allocation](ctx, settings, views) if spread else None
     passes = len(waves)
     if spread and settings.sequential:  # the allocation needs every layer's trace: one extra pass
-        fixed = _allocate(ctx, settings, views, _traces(ctx, settings, views, {}, "lobs allocation"))
+        allocator.start(_traces(ctx, settings, views, {}, "lobs allocation"))
         passes += 1
     updates: dict[str, np.ndarray] = {}
     outcomes = []
     for number, wave in enumerate(waves):
         wave_views = [by_node[layer.node] for layer in wave]
         traces = _traces(ctx, settings, wave_views, updates, f"lobs statistics {number + 1}/{len(waves)}")
-        if spread and not fixed:  # not sequential: this one wave holds every layer
-            fixed = _allocate(ctx, settings, wave_views, traces)
+        if spread and not settings.sequential:  # this one wave holds every layer
+            allocator.start(traces)
+        elif spread and updates:
+            allocator.revise(traces, updates)
         for view, trace in zip(wave_views, traces, strict=True):
-            count = fixed[trace.layer.node] if spread else trace.count_for(settings.ratio, settings.max_error)
+            count = allocator.take(trace) if spread else trace.count_for(settings.ratio, settings.max_error)
             outcome = trace.finish(count)
             write_view(ctx.index, view, outcome.matrix, updates)
             outcomes.append(outcome)
@@ -484,34 +486,67 @@ def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], upda
     ]
 
 
-def _allocate(ctx: MethodContext, settings: Settings, views: list[LayerView], traces: list[LayerTrace]):
-    """Removals per layer (node -> count) for `settings.ratio` of all their weights."""
-    if settings.allocation == "output":
-        counts = _output_counts(ctx, settings, views, traces)
-    else:
-        counts = global_counts(traces, settings.ratio)
-    return dict(zip((t.layer.node for t in traces), counts, strict=True))
+class GlobalAllocator:
+    """--lobs-allocation global: the counts of global_counts, fixed from the first traces."""
+
+    def __init__(self, ctx: MethodContext, settings: Settings, views: list[LayerView]) -> None:
+        self.ratio = settings.ratio
+        self.counts: dict[str, int] = {}
+
+    def start(self, traces: list[LayerTrace]) -> None:
+        self.counts = dict(zip((t.layer.node for t in traces), global_counts(traces, self.ratio), strict=True))
+
+    def revise(self, traces: list[LayerTrace], updates: dict[str, np.ndarray]) -> None:
+        """The relative layer errors do not depend on what is already pruned: the counts stay."""
+
+    def take(self, trace: LayerTrace) -> int:
+        return self.counts[trace.layer.node]
 
 
-def _output_counts(ctx: MethodContext, settings: Settings, views: list[LayerView], traces: list[LayerTrace]):
-    """--lobs-allocation output (onnxprune.methods.lobs_allocation): every layer alone finished at a
-    grid of counts, the model's output error measured, the counts spread over the convex hulls."""
-    names = [n for v in views for n in (v.model_layer.weight, v.model_layer.bias, v.mean) if n]
-    data = ctx.calibration.take(settings.allocation_samples)
-    probe = OutputProbe(ctx.model, names, data, settings.batch_size, ctx.providers)
-    view_of = {v.node: v for v in views}
+class OutputAllocator(GlobalAllocator):
+    """--lobs-allocation output (onnxprune.methods.lobs_allocation): every layer alone finished at a grid
+    of counts, the model's output error measured, the counts spread over the convex hulls. With
+    --sequential, each wave's curves are measured again on the model pruned so far (its traces target
+    the original outputs) and the budget left is spread again over the layers not yet pruned."""
 
-    def grid(trace: LayerTrace) -> np.ndarray:
-        return grid_counts(trace.layer.rows * trace.layer.inputs, len(trace.sequence), settings.ratio)
+    def __init__(self, ctx: MethodContext, settings: Settings, views: list[LayerView]) -> None:
+        super().__init__(ctx, settings, views)
+        names = [n for v in views for n in (v.model_layer.weight, v.model_layer.bias, v.mean) if n]
+        data = ctx.calibration.take(settings.allocation_samples)
+        self.probe = OutputProbe(ctx.model, names, data, settings.batch_size, ctx.providers)
+        self.index, self.views = ctx.index, {v.node: v for v in views}
+        self.curves: dict[str, Curve] = {}
+        self.left = 0
 
-    def overrides(trace: LayerTrace, count: int) -> dict[str, np.ndarray]:
-        values: dict[str, np.ndarray] = {}
-        write_view(ctx.index, view_of[trace.layer.node], trace.finish(count).matrix, values)
-        return values
+    def start(self, traces: list[LayerTrace]) -> None:
+        self.left = math.floor(self.ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
+        self._measure(traces, {})
 
-    curves = output_curves(probe, traces, grid, overrides)
-    total = math.floor(settings.ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
-    return hull_allocation(curves, total)
+    def revise(self, traces: list[LayerTrace], updates: dict[str, np.ndarray]) -> None:
+        self._measure(traces, updates)
+
+    def take(self, trace: LayerTrace) -> int:
+        count = self.counts[trace.layer.node]
+        del self.curves[trace.layer.node]
+        self.left -= count
+        return count
+
+    def _measure(self, traces: list[LayerTrace], base: dict[str, np.ndarray]) -> None:
+        def grid(trace: LayerTrace) -> np.ndarray:
+            return grid_counts(trace.layer.rows * trace.layer.inputs, len(trace.sequence), self.ratio)
+
+        def overrides(trace: LayerTrace, count: int) -> dict[str, np.ndarray]:
+            values = dict(base)
+            write_view(self.index, self.views[trace.layer.node], trace.finish(count).matrix, values)
+            return values
+
+        measured = output_curves(self.probe, traces, grid, overrides)
+        self.curves.update(zip((t.layer.node for t in traces), measured, strict=True))
+        counts = hull_allocation(list(self.curves.values()), self.left)
+        self.counts = dict(zip(self.curves, counts, strict=True))
+
+
+_ALLOCATORS = {"global": GlobalAllocator, "output": OutputAllocator}
 
 
 def _overall_density(outcomes: list[LayerOutcome]) -> float:
