@@ -4,11 +4,16 @@ Calibration: models/digits_train.npz (1000 samples); accuracy: models/digits_tes
 both models run in onnxruntime (CPU). Density = share of Gemm/Conv weights kept (biases not counted).
 
 Columns:
-- exact/layer: `--method lobs` (OBC greedy), every layer keeps the same density;
+- exact/layer: `--method lobs --lobs-allocation layer` (OBC greedy), every layer keeps the same density;
 - exact/global: `--lobs-allocation global` (same overall density, spread so that every layer has the
   same relative error);
 - exact/global/seq: the same with `--sequential` (statistics of layer l+1 on the model pruned up to l,
   target = the original output);
+- output, output/seq: `--lobs-allocation output` (same overall density, spread by each layer's measured
+  effect on the model outputs), without and with `--sequential` (with it, the curves of each wave are
+  measured again on the model pruned so far); output/seq/bn-ignore: the same with `--lobs-batchnorm
+  ignore` (every other variant absorbs a BatchNorm that follows a layer: the error is measured after
+  the BN and a bias-free conv gets its bias through the BN mean; the models without BN do not change);
 - faithful/layer: `--lobs-mode faithful` (one L-OBS ranking, no downdates), same density per layer
   (its predicted errors are too optimistic to drive a global allocation);
 - magnitude/layer, magnitude/global: zero the smallest |w| of each layer / of all layers at once,
@@ -40,10 +45,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 LOBS_VARIANTS = {
-    "exact/layer": {"lobs_mode": "exact"},
+    "exact/layer": {"lobs_mode": "exact", "lobs_allocation": "layer"},
     "exact/global": {"lobs_mode": "exact", "lobs_allocation": "global"},
     "exact/global/seq": {"lobs_mode": "exact", "lobs_allocation": "global", "sequential": True},
-    "faithful/layer": {"lobs_mode": "faithful"},
+    "output": {"lobs_mode": "exact", "lobs_allocation": "output"},
+    "output/seq": {"lobs_mode": "exact", "lobs_allocation": "output", "sequential": True},
+    "output/seq/bn-ignore": {"lobs_allocation": "output", "sequential": True, "lobs_batchnorm": "ignore"},
+    "faithful/layer": {"lobs_mode": "faithful", "lobs_allocation": "layer"},
 }
 
 

@@ -78,7 +78,7 @@ class Settings:
     progress: bool = False
     seed: int = 0
     batchnorm: str = "absorb"
-    allocation_samples: int = 256
+    allocation_samples: int | None = None
 
     @classmethod
     def from_options(cls, options: PruneOptions, method: str) -> Settings:
@@ -106,9 +106,9 @@ class Settings:
         batchnorm = str(options.get("lobs_batchnorm", "absorb") or "absorb")
         if batchnorm not in BATCHNORM:
             raise OptionError(f"--lobs-batchnorm {batchnorm}: unknown; use one of {', '.join(BATCHNORM)}")
-        samples = int(options.get("allocation_samples", 256) or 0)
-        if samples < 1:
-            raise OptionError(f"--allocation-samples {samples}: must be at least 1 (256 is the default)")
+        samples = int(options.get("allocation_samples", 0) or 0)
+        if samples < 0:
+            raise OptionError(f"--allocation-samples {samples}: must be >= 0 (0, the default, uses every sample)")
         return cls(
             ratio,
             mode,
@@ -121,7 +121,7 @@ class Settings:
             bool(options.get("progress", False)),
             int(options.seed),
             batchnorm,
-            samples,
+            samples or None,
         )
 
 
@@ -577,8 +577,8 @@ OPTIONS = (
     MethodOption(
         "--allocation-samples",
         "allocation_samples",
-        256,
-        "lobs: calibration samples on which --lobs-allocation output measures the output errors",
+        0,
+        "lobs: calibration samples on which --lobs-allocation output measures the output errors (0 = all)",
         int,
     ),
     MethodOption(

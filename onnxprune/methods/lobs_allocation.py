@@ -94,7 +94,7 @@ class OutputProbe:
 
     def __init__(self, model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int, providers):
         self.data, self.batch_size = data, max(1, batch_size)
-        self.session = runtime.session(_overridable(model, set(names)), list(providers))
+        self.session = runtime.session(_overridable(model, set(names)), list(providers), optimize=True)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.reference = self.outputs({})
         self.energy = sum(float(np.sum(r * r)) for r in self.reference)
