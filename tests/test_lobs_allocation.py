@@ -11,9 +11,11 @@ import pytest
 from graphs import Builder
 
 from onnxprune import PruneOptions, prune, runtime
+from onnxprune.cli import main
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
 from onnxprune.hessian import find_layers
+from onnxprune.io import save_model
 from onnxprune.methods.lobs import with_updates
 from onnxprune.methods.lobs_allocation import Curve, OutputProbe, grid_counts, hull_allocation, lower_hull
 from onnxprune.methods.lobs_bn import batchnorm_view, model_values, view_weights
@@ -171,3 +173,18 @@ def test_output_allocation_keeps_the_overall_density(sequential):
     kept = sum(n["density"] * sizes[n["layer"]] for n in step["layers"])
     assert kept == pytest.approx(0.2 * sum(sizes.values()), abs=1.0)
     assert step["lobs_allocation"] == "output"
+
+
+def test_cli_output_allocation_and_batchnorm_options(tmp_path, capsys):
+    model = _bn_net(6)
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    save_model(model, path)
+    np.savez(tmp_path / "calib.npz", x=_data(model, 12).feeds["x"])
+    args = ["prune", str(path), "-o", str(out), "--method", "lobs", "--calib", str(tmp_path / "calib.npz"), "-q"]
+    main(args + ["--ratio", "0.7", "--lobs-allocation", "output", "--allocation-samples", "6"])
+    assert out.exists()
+    for bad in (["--lobs-batchnorm", "fold"], ["--allocation-samples", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + bad)
+        assert exit_info.value.code == 2
+        assert bad[0] in capsys.readouterr().err
