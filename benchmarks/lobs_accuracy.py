@@ -19,7 +19,10 @@ Columns:
 - magnitude/layer, magnitude/global: zero the smallest |w| of each layer / of all layers at once,
   no compensation (the classic baseline, computed here on the same weights).
 
-The last table: file bytes at 10% density, dense initializers vs `--sparse-storage` (COO sparse
+The density-per-layer table: what the global and the output allocations (both sequential) give each
+layer at 10% overall density.
+
+The storage table: file bytes at 10% density, dense initializers vs `--sparse-storage` (COO sparse
 initializers, which onnxruntime densifies at load), with the test accuracy of both files.
 
     python benchmarks/lobs_accuracy.py [--models mlp lenet5 resnet_digits] [--densities 0.5 0.1]
@@ -56,8 +59,12 @@ LOBS_VARIANTS = {
 
 
 def lobs_accuracy(name: str, density: float, extra: dict) -> float:
+    return lobs_result(name, density, extra).report["validation"]["accuracy_after"]
+
+
+def lobs_result(name: str, density: float, extra: dict):
     options = PruneOptions(ratio=1.0 - density, extra={"batch_size": 64, **extra})
-    result = prune(
+    return prune(
         MODELS / f"{name}.onnx",
         "lobs",
         options,
@@ -67,7 +74,18 @@ def lobs_accuracy(name: str, density: float, extra: dict) -> float:
         validate_samples=797,
         providers="cpu",
     )
-    return result.report["validation"]["accuracy_after"]
+
+
+def layer_rows(name: str, density: float, variants: tuple[str, ...]) -> list[str]:
+    """Per layer: its weights and the density each variant gave it (same overall density)."""
+    index = GraphIndex.build(load_model(MODELS / f"{name}.onnx"))
+    sizes = {layer.node: layer.rows * layer.inputs for layer in find_layers(index)[0].values()}
+    notes = [lobs_result(name, density, LOBS_VARIANTS[v]).report["steps"][0]["layers"] for v in variants]
+    by_layer = [{n["layer"]: n["density"] for n in layers} for layers in notes]
+    return [
+        f"| {name} | {node} | {size:,} | " + " | ".join(f"{d[node]:.3f}" for d in by_layer) + " |"
+        for node, size in sizes.items()
+    ]
 
 
 def magnitude_accuracy(model, test, density: float, scope: str) -> float:
@@ -135,6 +153,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         print(storage_row(name, 0.1), flush=True)
+    variants = ("exact/global/seq", "output/seq")
+    print("\n### density per layer at 10% overall\n")
+    print("| model | layer | weights | " + " | ".join(variants) + " |")
+    print("|---|---|---|" + "---|" * len(variants))
+    for name in args.models:
+        print("\n".join(layer_rows(name, 0.1, variants)), flush=True)
 
 
 if __name__ == "__main__":
