@@ -126,8 +126,8 @@ def _overridable(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
 def output_curves(
     probe: OutputProbe, items: Sequence, grid: Callable[[object], np.ndarray], updates: Callable
 ) -> list[Curve]:
-    """Per item (a layer's trace): the output error at each count of `grid(item)`, the initializers
-    `updates(item, count)` fed over `base` ones."""
+    """Per item (a layer's trace): the output error at each count of `grid(item)`, with the initializer
+    values `updates(item, count)` fed in place of the model's."""
     curves = []
     for item in items:
         counts = grid(item)
