@@ -4,17 +4,25 @@ Calibration: models/digits_train.npz (1000 samples); accuracy: models/digits_tes
 both models run in onnxruntime (CPU). Density = share of Gemm/Conv weights kept (biases not counted).
 
 Columns:
-- exact/layer: `--method lobs` (OBC greedy), every layer keeps the same density;
+- exact/layer: `--method lobs --lobs-allocation layer` (OBC greedy), every layer keeps the same density;
 - exact/global: `--lobs-allocation global` (same overall density, spread so that every layer has the
   same relative error);
 - exact/global/seq: the same with `--sequential` (statistics of layer l+1 on the model pruned up to l,
   target = the original output);
+- output, output/seq: `--lobs-allocation output` (same overall density, spread by each layer's measured
+  effect on the model outputs), without and with `--sequential` (with it, the curves of each wave are
+  measured again on the model pruned so far); output/seq/bn-ignore: the same with `--lobs-batchnorm
+  ignore` (every other variant absorbs a BatchNorm that follows a layer: the error is measured after
+  the BN and a bias-free conv gets its bias through the BN mean; the models without BN do not change);
 - faithful/layer: `--lobs-mode faithful` (one L-OBS ranking, no downdates), same density per layer
   (its predicted errors are too optimistic to drive a global allocation);
 - magnitude/layer, magnitude/global: zero the smallest |w| of each layer / of all layers at once,
   no compensation (the classic baseline, computed here on the same weights).
 
-The last table: file bytes at 10% density, dense initializers vs `--sparse-storage` (COO sparse
+The density-per-layer table: what the global and the output allocations (both sequential) give each
+layer at 10% overall density.
+
+The storage table: file bytes at 10% density, dense initializers vs `--sparse-storage` (COO sparse
 initializers, which onnxruntime densifies at load), with the test accuracy of both files.
 
     python benchmarks/lobs_accuracy.py [--models mlp lenet5 resnet_digits] [--densities 0.5 0.1]
@@ -40,16 +48,23 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 LOBS_VARIANTS = {
-    "exact/layer": {"lobs_mode": "exact"},
+    "exact/layer": {"lobs_mode": "exact", "lobs_allocation": "layer"},
     "exact/global": {"lobs_mode": "exact", "lobs_allocation": "global"},
     "exact/global/seq": {"lobs_mode": "exact", "lobs_allocation": "global", "sequential": True},
-    "faithful/layer": {"lobs_mode": "faithful"},
+    "output": {"lobs_mode": "exact", "lobs_allocation": "output"},
+    "output/seq": {"lobs_mode": "exact", "lobs_allocation": "output", "sequential": True},
+    "output/seq/bn-ignore": {"lobs_allocation": "output", "sequential": True, "lobs_batchnorm": "ignore"},
+    "faithful/layer": {"lobs_mode": "faithful", "lobs_allocation": "layer"},
 }
 
 
 def lobs_accuracy(name: str, density: float, extra: dict) -> float:
+    return lobs_result(name, density, extra).report["validation"]["accuracy_after"]
+
+
+def lobs_result(name: str, density: float, extra: dict):
     options = PruneOptions(ratio=1.0 - density, extra={"batch_size": 64, **extra})
-    result = prune(
+    return prune(
         MODELS / f"{name}.onnx",
         "lobs",
         options,
@@ -59,7 +74,18 @@ def lobs_accuracy(name: str, density: float, extra: dict) -> float:
         validate_samples=797,
         providers="cpu",
     )
-    return result.report["validation"]["accuracy_after"]
+
+
+def layer_rows(name: str, density: float, variants: tuple[str, ...]) -> list[str]:
+    """Per layer: its weights and the density each variant gave it (same overall density)."""
+    index = GraphIndex.build(load_model(MODELS / f"{name}.onnx"))
+    sizes = {layer.node: layer.rows * layer.inputs for layer in find_layers(index)[0].values()}
+    notes = [lobs_result(name, density, LOBS_VARIANTS[v]).report["steps"][0]["layers"] for v in variants]
+    by_layer = [{n["layer"]: n["density"] for n in layers} for layers in notes]
+    return [
+        f"| {name} | {node} | {size:,} | " + " | ".join(f"{d[node]:.3f}" for d in by_layer) + " |"
+        for node, size in sizes.items()
+    ]
 
 
 def magnitude_accuracy(model, test, density: float, scope: str) -> float:
@@ -127,6 +153,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         print(storage_row(name, 0.1), flush=True)
+    variants = ("exact/global/seq", "output/seq")
+    print("\n### density per layer at 10% overall\n")
+    print("| model | layer | weights | " + " | ".join(variants) + " |")
+    print("|---|---|---|" + "---|" * len(variants))
+    for name in args.models:
+        print("\n".join(layer_rows(name, 0.1, variants)), flush=True)
 
 
 if __name__ == "__main__":
