@@ -59,7 +59,7 @@ def collect(
     names = list(accumulators)
     graph_inputs = {i.name for i in model.graph.input}
     exposed = [n for n in names if n not in graph_inputs]  # graph inputs are read from the batch
-    sess = runtime.session(with_outputs(model, exposed), list(providers))
+    sess = runtime.session(with_outputs(model, exposed), list(providers), spin=False)
     output_names = [o.name for o in sess.get_outputs()]
     batches = data.batches(max(1, batch_size))
     total = (len(data) + batch_size - 1) // batch_size

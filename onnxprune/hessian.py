@@ -40,6 +40,8 @@ DEAD_TOLERANCE = 1e-12
 #: float32)
 CONDITION_FLOOR = 1e-12
 CONDITION_FLOOR_SINGLE = 1e-6
+#: matrices up to this size are inverted with NumPy's LAPACK, larger ones with SciPy's (see cholesky_inverse)
+SMALL_INVERSE = 512
 #: Hessians wider than this are inverted and downdated in float32 where a method allows it (obs)
 PRECISE_WIDTH = 1024
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
@@ -510,9 +512,10 @@ def collect_hessians(model: onnx.ModelProto, layers: Iterable[Layer], data: Data
 # ---- damping, dead inputs, inverse -------------------------------------------------------------
 @dataclass(frozen=True)
 class Prepared:
-    """H made positive definite (dead inputs: H_ii = 1, damping) and its inverse, per group."""
+    """H made positive definite (dead inputs: H_ii = 1, damping) and its inverse, per group (`hessian`
+    is None when prepare was told not to keep it)."""
 
-    hessian: np.ndarray
+    hessian: np.ndarray | None
     inverse: np.ndarray
     dead: np.ndarray
     damping: float
@@ -525,29 +528,23 @@ def dead_inputs(h: np.ndarray) -> np.ndarray:
     return diag <= DEAD_TOLERANCE * np.maximum(scale, np.finfo(float).tiny)
 
 
-def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8, single: bool = False) -> Prepared:
+def prepare(
+    h: np.ndarray, damping: float = 0.01, attempts: int = 8, single: bool = False, keep_hessian: bool = True
+) -> Prepared:
     """Dead inputs get H_ii = 1 (their rows and columns are zero), then H += lambda mean(diag H) I;
     the inverse comes from a Cholesky factorization, in float32 when `single` (half the time and
-    memory, for wide layers), else in float64. When H is not positive definite (collinear inputs and
-    damping 0, or round-off), lambda is raised tenfold from at least 1e-8 until it is."""
+    memory, for wide layers; the damped H is then float32 too), else in float64. When H is not
+    positive definite (collinear inputs and damping 0, or round-off), lambda is raised tenfold from at
+    least 1e-8 until it is. Without `keep_hessian` the factorization overwrites the damped H."""
     if damping < 0:
         raise ValueError("damping must be >= 0")
     dead = dead_inputs(h)
-    base = np.array(h, dtype=np.float64)
-    g_idx, i_idx = np.nonzero(dead)
-    base[g_idx, i_idx, :] = 0.0
-    base[g_idx, :, i_idx] = 0.0
-    base[g_idx, i_idx, i_idx] = 1.0
-    diag = np.einsum("gii->gi", base)
-    live_mean = np.array([d[~m].mean() if (~m).any() else 1.0 for d, m in zip(diag, dead, strict=True)])
     lam = float(damping)
-    diagonal = np.arange(base.shape[-1])
-    undamped = base[:, diagonal, diagonal].copy()
     for _ in range(attempts):
-        base[:, diagonal, diagonal] = undamped + (lam * live_mean)[:, None]
-        inverse = _cholesky_inverses(base, np.float32 if single else np.float64)
+        base = _damped(h, dead, lam, np.float32 if single else np.float64)
+        inverse = _cholesky_inverses(base, overwrite=not keep_hessian)
         if inverse is not None:
-            return Prepared(base, inverse, dead, lam)
+            return Prepared(base if keep_hessian else None, inverse, dead, lam)
         lam = max(lam * 10.0, 1e-8)
     raise CalibrationError(
         "layer Hessian: not positive definite even with damping "
@@ -555,11 +552,25 @@ def prepare(h: np.ndarray, damping: float = 0.01, attempts: int = 8, single: boo
     )
 
 
-def _cholesky_inverses(h: np.ndarray, dtype) -> np.ndarray | None:
+def _damped(h: np.ndarray, dead: np.ndarray, lam: float, dtype) -> np.ndarray:
+    """A copy of H with dead rows and columns replaced by the identity's and lambda * mean(live
+    diag H) added to the diagonal."""
+    base = np.array(h, dtype=dtype)
+    g_idx, i_idx = np.nonzero(dead)
+    base[g_idx, i_idx, :] = 0.0
+    base[g_idx, :, i_idx] = 0.0
+    base[g_idx, i_idx, i_idx] = 1.0
+    diagonal = np.arange(base.shape[-1])
+    diag = base[:, diagonal, diagonal]
+    live_mean = np.array([d[~m].mean() if (~m).any() else 1.0 for d, m in zip(diag, dead, strict=True)])
+    base[:, diagonal, diagonal] = diag + (lam * live_mean)[:, None]
+    return base
+
+
+def _cholesky_inverses(h: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
     inverses = []
     for g in range(len(h)):
-        single = dtype == np.float32
-        inverse = cholesky_inverse(h[g].astype(np.float32) if single else h[g], overwrite=single)
+        inverse = cholesky_inverse(h[g], overwrite)
         if inverse is None:
             return None
         inverses.append(inverse)
@@ -567,23 +578,36 @@ def _cholesky_inverses(h: np.ndarray, dtype) -> np.ndarray | None:
 
 
 def cholesky_inverse(h: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
-    """H^-1 of a symmetric H through the Cholesky factor H = L L^T (LAPACK potrf/potri, in H's
-    precision: float32 or float64); None when H is not (numerically) positive definite. `overwrite`:
-    H's memory may be reused."""
+    """H^-1 of a symmetric H through the Cholesky factor H = L L^T, in H's precision (float32 or
+    float64); None when H is not (numerically) positive definite. `overwrite`: H's memory may be reused.
+
+    Up to SMALL_INVERSE rows NumPy's LAPACK is used, above it SciPy's potrf/potri (in place, about 3x
+    faster). They are two OpenBLAS builds whose idle threads spin for a while after each call: a small
+    block inverted by the other library right after a large product would wait milliseconds for them."""
     if not np.isfinite(h).all():
         return None
-    single = h.dtype == np.float32
-    potrf, potri = (_lapack.spotrf, _lapack.spotri) if single else (_lapack.dpotrf, _lapack.dpotri)
-    # H is symmetric, so H^T (Fortran-ordered when H is C-ordered) is H: LAPACK works on it in place
-    work = h.T if overwrite and h.flags.c_contiguous else np.array(h.T, order="F")
-    factor, info = potrf(work, lower=True, clean=False, overwrite_a=True)
-    if info != 0 or not _well_conditioned(np.diag(factor), h):
-        return None
-    inverse, info = potri(factor, lower=True, overwrite_c=True)
-    if info != 0:
-        return None
-    mirror_triangle(inverse)
-    inverse = inverse.T  # symmetric: the C-ordered view of the Fortran-ordered result
+    if len(h) <= SMALL_INVERSE:
+        try:
+            factor = np.linalg.cholesky(h)
+        except np.linalg.LinAlgError:
+            return None
+        if not _well_conditioned(np.diag(factor), h):
+            return None
+        lower_inverse = np.linalg.inv(factor)
+        inverse = lower_inverse.T @ lower_inverse
+    else:
+        single = h.dtype == np.float32
+        potrf, potri = (_lapack.spotrf, _lapack.spotri) if single else (_lapack.dpotrf, _lapack.dpotri)
+        # H is symmetric, so H^T (Fortran-ordered when H is C-ordered) is H: LAPACK works on it in place
+        work = h.T if overwrite and h.flags.c_contiguous else np.array(h.T, order="F")
+        factor, info = potrf(work, lower=True, clean=False, overwrite_a=True)
+        if info != 0 or not _well_conditioned(np.diag(factor), h):
+            return None
+        inverse, info = potri(factor, lower=True, overwrite_c=True)
+        if info != 0:
+            return None
+        mirror_triangle(inverse)
+        inverse = inverse.T  # symmetric: the C-ordered view of the Fortran-ordered result
     if not np.isfinite(inverse).all() or (np.diag(inverse) <= 0).any():
         return None
     return inverse
@@ -603,26 +627,6 @@ def _well_conditioned(pivots: np.ndarray, h: np.ndarray) -> bool:
     (an exactly singular H can factor with pivots of 1e-16; of 1e-8 in float32)."""
     floor = CONDITION_FLOOR_SINGLE if h.dtype == np.float32 else CONDITION_FLOOR
     return bool(float(np.min(pivots)) ** 2 > floor * float(np.max(np.diag(h))))
-
-
-def subtract_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """c -= a @ b^T in place (c [m, n] C-contiguous, float32 or float64; a [m, k], b [n, k]).
-
-    BLAS gemm writes into c directly (as the Fortran-ordered c^T -= b a^T): no [m, n] temporary,
-    which for a 4608^2 inverse Hessian is 170 MB of fresh pages per downdate."""
-    if c.flags.c_contiguous and c.dtype in (np.float32, np.float64):
-        gemm = _blas.sgemm if c.dtype == np.float32 else _blas.dgemm
-        gemm(
-            -1.0,
-            b.astype(c.dtype, copy=False),
-            a.astype(c.dtype, copy=False),
-            beta=1.0,
-            c=c.T,
-            trans_b=True,
-            overwrite_c=True,
-        )
-    else:
-        c -= a @ b.T
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def _every_position(x: np.ndarray, kernel, groups: int, geometry, where=None) ->
     (sample, out_1, ..., out_d)."""
     begin, end, strides, dilations = geometry
     dims = len(kernel)
-    windows = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)))
+    padding = [(0, 0), (0, 0)] + list(zip(begin, end, strict=True))
+    windows = np.pad(x, padding) if any(begin) or any(end) else x
     for axis, (k, d) in enumerate(zip(kernel, dilations, strict=True)):
         windows = np.lib.stride_tricks.sliding_window_view(windows, (k - 1) * d + 1, axis=2 + axis)
     # windows: [N, C, out_1.., span_1..]; keep every s-th output and every d-th tap

@@ -63,11 +63,19 @@ def resolve_providers(choice: str = "auto") -> list[str]:
 
 
 def session(
-    model: onnx.ModelProto | str, providers: list[str] | None = None, optimize: bool = False, threads: int = 0
+    model: onnx.ModelProto | str,
+    providers: list[str] | None = None,
+    optimize: bool = False,
+    threads: int = 0,
+    spin: bool = True,
 ) -> ort.InferenceSession:
-    """An InferenceSession with logs at error level; graph optimizations off unless `optimize`."""
+    """An InferenceSession with logs at error level; graph optimizations off unless `optimize`.
+    `spin=False`: onnxruntime's idle threads sleep at once instead of spinning after a run, which
+    keeps them off the cores when NumPy works between runs (the calibration collector)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )

@@ -9,6 +9,8 @@ layer error of that removal and the update that achieves it are (L-OBS algebra, 
     W_k    -= W_k[:, B] ([H_k^-1]_BB)^-1 H_k^-1[B, :]          (W_k[:, B] becomes exactly 0)
     H_k^-1 -= H_k^-1[:, B] ([H_k^-1]_BB)^-1 H_k^-1[B, :]        (the Schur-complement downdate)
 
+The downdates are kept in low-rank form, H_t^-1 = H_0^-1 - Q Q^T (see Consumer).
+
 Greedy per group: remove the channel of least summed cost, update every consumer, downdate, repeat
 until the group keeps methods.select.keep_count channels. The consumer's bias is the last column of
 W~ (x~ = [x; 1]), so the update moves the mean contribution of removed inputs into it; a consumer
@@ -17,8 +19,8 @@ greedy steps (MAX_HEAVY_STEPS when its downdates are large): a step takes the ch
 the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
 forces one channel per step (the exact greedy).
 
-Consumers wider than hessian.PRECISE_WIDTH inputs keep H^-1 in float32 (inverted by LAPACK spotri,
-downdated by sgemm: half the time and memory); the small block inverses stay in float64.
+Consumers wider than hessian.PRECISE_WIDTH inputs keep H_0^-1 and Q in float32 (inverted by LAPACK
+spotri: half the time and memory); the blocks [H_t^-1]_BB and their inverses are float64.
 
 Groups are skipped (left whole, with the reason in the report) when a consumer is not a Gemm,
 MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WIDTH inputs.
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import PRECISE_WIDTH, Layer, LayerStats, cholesky_inverse, find_layers, prepare, subtract_product
+from ..hessian import PRECISE_WIDTH, Layer, LayerStats, cholesky_inverse, find_layers, prepare
 from ..plan import PruningPlan
 from .base import Method, MethodContext
 from .lobs import Settings, collect_on_updated, layer_waves, layer_weights, write_layer
@@ -44,7 +46,7 @@ from .select import keep_count, repair_empty
 MAX_WIDTH = 16384
 #: greedy steps per group (several channels per step beyond), and for groups whose one-channel
 #: steps would update more than WORK_BUDGET elements of H^-1
-MAX_STEPS = 64
+MAX_STEPS = 32
 MAX_HEAVY_STEPS = 16
 WORK_BUDGET = 2e8
 #: candidate costs are evaluated in chunks of at most this many weight entries
@@ -53,45 +55,48 @@ _CHUNK = 2**22
 
 @dataclass
 class Consumer:
-    """The working state of one consumer layer: W~ and the downdated inverse Hessian, both restricted
-    to the columns still alive (`columns` maps them to W~, `position` back; removed columns are 0)."""
+    """The working state of one consumer layer: W~ (removed columns are 0) and the downdated inverse
+    Hessian, kept as H_t^-1 = H_0^-1 - Q Q^T. Each removal appends H_t^-1[:, B] L (L L^T =
+    ([H_t^-1]_BB)^-1) to Q, so a step touches only the columns it needs (O(n r b) work) instead of
+    rewriting the whole n x n inverse (O(n^2 b) memory traffic per step)."""
 
     layer: Layer
     original: np.ndarray
     stats: LayerStats
     weights: np.ndarray
     inverse: np.ndarray | None
-    columns: np.ndarray
-    position: np.ndarray
+    factors: np.ndarray
+    rank: int
+    removed: np.ndarray
     damping: float
     predicted: float = 0.0
     pending: int = 0
 
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
-        prep = prepare(stats.hessian, damping, single=layer.width > PRECISE_WIDTH)
+        prep = prepare(stats.hessian, damping, single=layer.width > PRECISE_WIDTH, keep_hessian=False)
         groups = layer.row_group
         m0 = np.asarray(m0, dtype=np.float64)
         m = stats.target(m0, prep.inverse, groups)
         m[prep.dead[groups]] = 0.0
         base = stats.error(m, m0, groups) if stats.cross is not None else 0.0
-        columns = np.arange(layer.width)
-        return cls(layer, m0, stats, m, prep.inverse[0], columns, columns.copy(), prep.damping, base)
+        inverse = prep.inverse[0]
+        factors = np.zeros((layer.width, 0), dtype=inverse.dtype)
+        removed = np.zeros(layer.width, dtype=bool)
+        return cls(layer, m0, stats, m, inverse, factors, 0, removed, prep.damping, base)
 
     @property
     def matrix(self) -> np.ndarray:
         """The current W~ [O, width]."""
-        full = np.zeros_like(self.original)
-        full[:, self.columns] = self.weights
-        return full
+        return self.weights
 
     def costs(self, blocks: list[np.ndarray]) -> np.ndarray:
-        """1/2 tr(W_B ([H^-1]_BB)^-1 W_B^T) for each block of W~ columns (removed columns cost 0)."""
+        """1/2 tr(W_B ([H_t^-1]_BB)^-1 W_B^T) for each block of W~ columns (removed columns cost 0)."""
         out = np.zeros(len(blocks))
         sizes = {len(b) for b in blocks}
         if len(sizes) == 1 and sizes != {0}:
             stacked = np.stack(blocks)
-            step = max(1, _CHUNK // max(1, self.weights.shape[0] * stacked.shape[1]))
+            step = max(1, _CHUNK // max(1, self.weights.shape[0] * stacked.shape[1], self.rank * stacked.shape[1]))
             for start in range(0, len(blocks), step):
                 out[start : start + step] = self._same_size_costs(stacked[start : start + step])
             return out
@@ -100,54 +105,61 @@ class Consumer:
         return out
 
     def _same_size_costs(self, blocks: np.ndarray) -> np.ndarray:
-        local = self.position[blocks]  # [C, b]; -1 where already removed
-        live = local >= 0
-        safe = np.where(live, local, 0)
-        hbb = self.inverse[safe[:, :, None], safe[:, None, :]].astype(np.float64)
-        eye = np.eye(blocks.shape[1])[None]
-        both = live[:, :, None] & live[:, None, :]
-        hbb = np.where(both, hbb, eye)  # removed columns: identity (their weights are 0)
-        w = np.where(live[None], self.weights[:, safe], 0.0)  # [O, C, b]
-        if blocks.shape[1] == 1:
-            return 0.5 * (w[:, :, 0] ** 2).sum(axis=0) / hbb[:, 0, 0]
+        hbb = self.inverse[blocks[:, :, None], blocks[:, None, :]]
+        if self.rank:
+            q = self.factors[blocks, : self.rank]  # [C, b, r]
+            hbb = hbb - q @ q.transpose(0, 2, 1)
+        hbb = hbb.astype(np.float64)
+        live = ~self.removed[blocks]  # [C, b]
+        if not live.all():  # removed columns: identity in H^-1, zero weights
+            hbb = np.where(live[:, :, None] & live[:, None, :], hbb, np.eye(blocks.shape[1])[None])
+        if blocks.shape[1] == 1:  # ||W[:, i]||^2 / [H^-1]_ii, the squares read without a gather
+            squares = np.einsum("oi,oi->i", self.weights, self.weights)[blocks[:, 0]]
+            return 0.5 * np.where(live[:, 0], squares, 0.0) / hbb[:, 0, 0]
+        w = self.weights[:, blocks]  # [O, C, b]
+        if not live.all():
+            w = np.where(live[None], w, 0.0)
         w = np.ascontiguousarray(w.transpose(1, 0, 2))  # [C, O, b]
-        inverse = np.linalg.inv(hbb)  # [C, b, b]: ([H^-1]_BB)^-1 of every candidate
+        inverse = np.linalg.inv(hbb)  # [C, b, b]: ([H_t^-1]_BB)^-1 of every candidate
         return 0.5 * np.sum((w @ inverse) * w, axis=(1, 2))
 
     def remove(self, block: np.ndarray, final: bool = False) -> float:
         """Remove W~ columns `block` with the OBS update and downdate; returns the predicted cost.
         `final`: no later removal reads this consumer, so the downdate is skipped and H^-1 freed."""
-        local = self.position[block]
-        local = local[local >= 0]
-        if len(local) == 0:
+        block = block[~self.removed[block]]
+        if len(block) == 0:
             return 0.0
-        hbb = self.inverse[np.ix_(local, local)].astype(np.float64)
-        inv_bb = cholesky_inverse(hbb, overwrite=True)
+        column = self.inverse[:, block]  # H_t^-1[:, B] = H_0^-1[:, B] - Q Q[B]^T
+        if self.rank:
+            q = self.factors[:, : self.rank]
+            column = column - q @ q[block].T
+        column = np.ascontiguousarray(column)
+        hbb = column[block].astype(np.float64)
+        inv_bb = cholesky_inverse(hbb)
         if inv_bb is None:
             inv_bb = np.linalg.pinv(hbb)
-        wb = self.weights[:, local]
+        wb = self.weights[:, block]
         delta = wb @ inv_bb  # [O, b]
         cost = 0.5 * float(np.sum(delta * wb))
-        column = np.ascontiguousarray(self.inverse[:, local])  # H^-1[:, B] = H^-1[B, :]^T
-        subtract_product(self.weights, delta, column)
-        self.weights[:, local] = 0.0
-        self.position[self.columns[local]] = -1
+        self.weights -= delta @ column.T
+        self.weights[:, block] = 0.0
+        self.removed[block] = True
         self.predicted += cost
         if final:
-            self.inverse = None
+            self.inverse = self.factors = None
             return cost
-        subtract_product(self.inverse, column @ inv_bb, column)
-        if (self.position >= 0).sum() <= 0.85 * len(self.columns):
-            self._compact()
+        self._append(column @ _root(inv_bb).astype(column.dtype))
         return cost
 
-    def _compact(self) -> None:
-        keep = self.position[self.columns] >= 0
-        self.inverse = np.ascontiguousarray(self.inverse[np.ix_(keep, keep)])
-        self.weights = np.ascontiguousarray(self.weights[:, keep])
-        self.columns = self.columns[keep]
-        self.position[:] = -1
-        self.position[self.columns] = np.arange(len(self.columns))
+    def _append(self, factor: np.ndarray) -> None:
+        """Q <- [Q, factor], the buffer grown geometrically."""
+        end = self.rank + factor.shape[1]
+        if end > self.factors.shape[1]:
+            grown = np.zeros((self.factors.shape[0], max(end, 2 * self.factors.shape[1])), dtype=self.factors.dtype)
+            grown[:, : self.rank] = self.factors[:, : self.rank]
+            self.factors = grown
+        self.factors[:, self.rank : end] = factor
+        self.rank = end
 
     def note(self) -> dict:
         groups = self.layer.row_group
@@ -171,6 +183,16 @@ class GroupTask:
     remove: int
     consumers: tuple[str, ...]
     blocks: dict[str, dict[int, np.ndarray]]
+
+
+def _root(m: np.ndarray) -> np.ndarray:
+    """A factor L with L L^T = m for a symmetric positive semi-definite m (Cholesky, or through the
+    eigendecomposition when m is singular)."""
+    try:
+        return np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(m)
+        return vectors * np.sqrt(np.clip(values, 0.0, None))
 
 
 def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: float) -> GroupTask | str:
@@ -197,7 +219,7 @@ def _step_size(task: GroupTask, consumers: dict[str, Consumer], forced: int) -> 
     downdates of one channel per step would exceed WORK_BUDGET element updates)."""
     if forced > 0:
         return forced
-    work = task.remove * sum(len(consumers[name].columns) ** 2 for name in task.consumers)
+    work = task.remove * sum(consumers[name].layer.width ** 2 for name in task.consumers)
     steps = MAX_STEPS if work <= WORK_BUDGET else MAX_HEAVY_STEPS
     return max(1, math.ceil(task.remove / steps))
 
@@ -292,7 +314,7 @@ OPTIONS = (
         "--obs-step-size",
         "obs_step_size",
         0,
-        "obs: channels removed per greedy step (0 = auto: at most 64 steps per group, 16 for large "
+        "obs: channels removed per greedy step (0 = auto: at most 32 steps per group, 16 for large "
         "consumers; 1 = the exact one-channel greedy)",
         int,
     ),
