@@ -5,20 +5,22 @@ about 25.6M parameters, random weights, built with onnx.helper: no download). Da
 images [N, 3, 224, 224] (seed 0) stand in for calibration images; the timing does not depend on the
 values. Each measurement runs in a fresh subprocess on the CPU provider:
 
-- `ort`: one onnxruntime pass over the N images in batches (session as onnxprune creates it, graph
-  optimizations off; and, for reference, with all optimizations on), session creation excluded;
+- `ort`: one onnxruntime pass over the N images in batches (median of `--repeat` runs; session as
+  onnxprune creates it, graph optimizations off; and, for reference, with all optimizations on),
+  session creation excluded;
 - `prune`: the whole `onnxprune prune MODEL -o OUT --method obs --ratio 0.5 --calib images.npz`
   in-process (load, analysis, statistics pass, Hessians, greedy OBS, shrink, checker, save), with
-  `--no-validate` and with the default validation (both models run once more over the images), and
-  with `--max-positions 1024` (fewer sampled positions per batch for the Conv Hessians).
+  `--no-validate` (median of `--repeat` runs), with the default validation (both models run once
+  more over the images), and with `--max-positions 1024` (fewer sampled positions per batch for the
+  Conv Hessians).
 
 Peak memory is the process's own RSS high-water mark (VmHWM; ru_maxrss would survive the exec and
 report the benchmark's own peak). The bound it is compared with is the
 model in memory (x3: the loaded proto, the working copy and onnxruntime's copy), the float64 Hessians
-of every consumer layer (x2: the statistics and the downdated inverse), and one batch of the exposed
+of every consumer layer (x2: the statistics and the inverse), and one batch of the exposed
 activations, on top of the RSS of the plain onnxruntime pass.
 
-    python benchmarks/obs_cost.py [--images 128] [--batch-size 32]
+    python benchmarks/obs_cost.py [--images 128] [--batch-size 32] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ start = time.perf_counter()
 for i in range(0, len(x), batch):
     runtime.run(session, {"image": x[i : i + batch]})
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "maxrss_mb": int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024}))
+peak = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+print(json.dumps({"seconds": seconds, "maxrss_mb": peak}))
 """
 
 _PRUNE = r"""
@@ -79,6 +82,11 @@ def child(code: str, *args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median(runs: list[dict]) -> dict:
+    """The run with the median time."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def memory_bound(model_path: Path, batch: int) -> dict:
     """MB of the model, of the consumer Hessians, and of one batch of exposed activations."""
     from onnxprune.graph import GraphIndex
@@ -101,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the ORT pass and of the bare prune (median)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -112,20 +121,28 @@ def main() -> None:
         np.savez(images, image=x)
         del x
         wall = time.perf_counter()
-        ort = child(_ORT, model_path, images, args.batch_size, 0)
+        ort_runs = [child(_ORT, model_path, images, args.batch_size, 0) for _ in range(args.repeat)]
         ort_opt = child(_ORT, model_path, images, args.batch_size, 1)
-        bare = child(_PRUNE, model_path, images, args.batch_size, args.images, 0, out, 4096)
+        bare_runs = [
+            child(_PRUNE, model_path, images, args.batch_size, args.images, 0, out, 4096) for _ in range(args.repeat)
+        ]
         full = child(_PRUNE, model_path, images, args.batch_size, args.images, 1, out, 4096)
         fewer = child(_PRUNE, model_path, images, args.batch_size, args.images, 0, out, 1024)
         bound = memory_bound(model_path, args.batch_size)
         wall = time.perf_counter() - wall
-    print(f"ResNet-50-sized model, {args.images} random images 3x224x224, batch {args.batch_size}, CPU\n")
+    ort, bare = median(ort_runs), median(bare_runs)
+    print(f"ResNet-50-sized model, {args.images} random images 3x224x224, batch {args.batch_size}, CPU")
+    ort_times = ", ".join(f"{r['seconds']:.1f}" for r in ort_runs)
+    prune_times = ", ".join(f"{r['seconds']:.1f}" for r in bare_runs)
+    print(f"(median of {args.repeat} runs where marked; all runs: ORT pass {ort_times} s, prune {prune_times} s)\n")
     print("| run | seconds | x plain ORT pass (opt. off) | x ORT pass (opt. on) | peak RSS MB |")
     print("|---|---|---|---|---|")
-    print(f"| onnxruntime pass, optimizations off | {ort['seconds']:.1f} | 1.00 | - | {ort['maxrss_mb']:.0f} |")
+    print(
+        f"| onnxruntime pass, optimizations off (median) | {ort['seconds']:.1f} | 1.00 | - | {ort['maxrss_mb']:.0f} |"
+    )
     print(f"| onnxruntime pass, optimizations on | {ort_opt['seconds']:.1f} | - | 1.00 | {ort_opt['maxrss_mb']:.0f} |")
     runs = (
-        ("prune --method obs --no-validate", bare),
+        ("prune --method obs --no-validate (median)", bare),
         ("prune --method obs (with validation)", full),
         ("prune --method obs --no-validate --max-positions 1024", fewer),
     )
