@@ -50,6 +50,7 @@ def seed_all(seed):
 # Data
 # ---------------------------------------------------------------------------
 
+
 def save_npz(path, **arrays):
     """np.savez_compressed equivalent with fixed zip timestamps (reproducible bytes)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -66,7 +67,7 @@ def build_digits():
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)          # [1797, 64] in [0, 1]
+    x = (d.data / 16.0).astype(np.float32)  # [1797, 64] in [0, 1]
     y = d.target.astype(np.int64)
     perm = np.random.RandomState(SEED).permutation(len(x))
     tr, te = perm[:1000], perm[1000:]
@@ -76,14 +77,14 @@ def build_digits():
         "test": (x[te], y[te]),
     }
     for name, (px, lb) in splits.items():
-        save_npz(os.path.join(HERE, f"digits_{name}.npz"),
-                 pixels=px, image=px.reshape(-1, 1, 8, 8), labels=lb)
+        save_npz(os.path.join(HERE, f"digits_{name}.npz"), pixels=px, image=px.reshape(-1, 1, 8, 8), labels=lb)
     return splits
 
 
 # ---------------------------------------------------------------------------
 # Export helpers
 # ---------------------------------------------------------------------------
+
 
 def _inline_identity_initializers(model):
     """The TorchScript exporter de-duplicates initializers with identical values
@@ -126,10 +127,13 @@ def export(module, example_inputs, input_names, output_names):
     dyn = {n: {0: "N"} for n in list(input_names) + list(output_names)}
     buf = io.BytesIO()
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, example_inputs, buf,
+            module,
+            example_inputs,
+            buf,
             dynamo=False,
             opset_version=OPSET,
             training=torch.onnx.TrainingMode.PRESERVE,
@@ -155,8 +159,7 @@ def constants_instead_of_initializers(model):
     """Move every initializer into a Constant node at the start of the graph
     (the way Paddle exports weights)."""
     g = model.graph
-    consts = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
-              for t in g.initializer]
+    consts = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in g.initializer]
     init_names = {t.name for t in g.initializer}
     nodes = consts + list(g.node)
     del g.node[:]
@@ -235,6 +238,7 @@ def randomize_bn(module, gen):
 # Trained digits models
 # ---------------------------------------------------------------------------
 
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -271,8 +275,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = None
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -305,7 +308,7 @@ def train(module, x_train, y_train, epochs, lr, batch_size=32, weight_decay=0.0)
         module.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             opt.zero_grad()
             loss = F.cross_entropy(module(x[idx]), y[idx])
             loss.backward()
@@ -323,6 +326,7 @@ def onnx_accuracy(sess, x, y):
 # ---------------------------------------------------------------------------
 # Topology models (random init)
 # ---------------------------------------------------------------------------
+
 
 def conv_bn(cin, cout, k=3, s=1, bias=False, groups=1):
     return [nn.Conv2d(cin, cout, k, s, k // 2, bias=bias, groups=groups), nn.BatchNorm2d(cout)]
@@ -381,8 +385,7 @@ class ResNetBottleneck(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(*conv_bn(3, 32), nn.ReLU())
-        self.blocks = nn.Sequential(Bottleneck(32, 8, 32), Bottleneck(32, 16, 64, stride=2),
-                                    Bottleneck(64, 16, 64))
+        self.blocks = nn.Sequential(Bottleneck(32, 8, 32), Bottleneck(32, 16, 64, stride=2), Bottleneck(64, 16, 64))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, 10)
 
@@ -397,8 +400,10 @@ class InvertedResidual(nn.Module):
         hid = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.block = nn.Sequential(
-            *conv_bn(cin, hid, k=1), nn.ReLU6(),
-            *conv_bn(hid, hid, k=3, s=stride, groups=hid), nn.ReLU6(),
+            *conv_bn(cin, hid, k=1),
+            nn.ReLU6(),
+            *conv_bn(hid, hid, k=3, s=stride, groups=hid),
+            nn.ReLU6(),
             *conv_bn(hid, cout, k=1),
         )
 
@@ -412,9 +417,9 @@ class MobileNetV2(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(*conv_bn(3, 16), nn.ReLU6())
         self.blocks = nn.Sequential(
-            InvertedResidual(16, 16, 1, 3),   # residual
-            InvertedResidual(16, 24, 2, 3),   # stride 2, no residual
-            InvertedResidual(24, 24, 1, 2),   # residual
+            InvertedResidual(16, 16, 1, 3),  # residual
+            InvertedResidual(16, 24, 2, 3),  # stride 2, no residual
+            InvertedResidual(24, 24, 1, 2),  # residual
         )
         self.head = nn.Sequential(*conv_bn(24, 32, k=1), nn.ReLU6())
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -444,9 +449,9 @@ class SENet(nn.Module):
         super().__init__()
         self.conv1 = nn.Sequential(*conv_bn(3, 16), nn.ReLU())
         self.conv2 = nn.Sequential(*conv_bn(16, 32), nn.ReLU())
-        self.se1 = SE(32, 4, hard=False)                      # Sigmoid gate
+        self.se1 = SE(32, 4, hard=False)  # Sigmoid gate
         self.conv3 = nn.Sequential(*conv_bn(32, 32, s=2), nn.Hardswish())
-        self.se2 = SE(32, 4, hard=True)                       # HardSigmoid gate
+        self.se2 = SE(32, 4, hard=True)  # HardSigmoid gate
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(32, 10)
 
@@ -465,8 +470,9 @@ class DenseNet(nn.Module):
         for _ in range(n_layers):
             self.dense.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, 1, 1, bias=False)))
             c += growth
-        self.transition = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
-                                        nn.AvgPool2d(2))
+        self.transition = nn.Sequential(
+            nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)
+        )
         c //= 2
         self.norm = nn.BatchNorm2d(c)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -544,10 +550,10 @@ class ChannelShuffleNet(nn.Module):
 
     def forward(self, x):
         x = self.gconv1(self.stem(x))
-        c, h, w = 16, 16, 16                             # python ints: constant shapes
-        x = x.reshape(-1, self.g, c // self.g, h, w)     # Reshape [N,g,C/g,H,W]
-        x = x.transpose(1, 2).contiguous()               # Transpose(0,2,1,3,4)
-        x = x.reshape(-1, c, h, w)                       # Reshape [N,C,H,W]
+        c, h, w = 16, 16, 16  # python ints: constant shapes
+        x = x.reshape(-1, self.g, c // self.g, h, w)  # Reshape [N,g,C/g,H,W]
+        x = x.transpose(1, 2).contiguous()  # Transpose(0,2,1,3,4)
+        x = x.reshape(-1, c, h, w)  # Reshape [N,C,H,W]
         x = self.gconv2(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
@@ -579,16 +585,16 @@ class EncoderBlock(nn.Module):
         self.o = nn.Linear(d, d)
         self.ln1 = nn.LayerNorm(d)
         self.ff1 = nn.Linear(d, ff)
-        self.act = nn.GELU()          # exact (erf)
+        self.act = nn.GELU()  # exact (erf)
         self.ff2 = nn.Linear(ff, d)
         self.ln2 = nn.LayerNorm(d)
 
     def heads(self, x):
-        return x.reshape(-1, self.t, self.h, self.dh).transpose(1, 2)   # [N,h,T,dh]
+        return x.reshape(-1, self.t, self.h, self.dh).transpose(1, 2)  # [N,h,T,dh]
 
     def forward(self, x):
         q, k, v = self.heads(self.q(x)), self.heads(self.k(x)), self.heads(self.v(x))
-        att = torch.matmul(q, k.transpose(2, 3)) / (self.dh ** 0.5)
+        att = torch.matmul(q, k.transpose(2, 3)) / (self.dh**0.5)
         att = torch.softmax(att, dim=-1)
         y = torch.matmul(att, v).transpose(1, 2).reshape(-1, self.t, self.d)
         x = self.ln1(x + self.o(y))
@@ -611,49 +617,125 @@ class SmallCNN(nn.Module):
 
 # (filename, class, input name, input shape w/o batch, output name, description, required op types)
 TOPOLOGIES = [
-    ("vgg_bn.onnx", VGGBN, "image", (3, 16, 16), "out",
-     "VGG-style: 3x (Conv-BatchNormalization-Relu-MaxPool), Flatten, Gemm-Relu-Gemm",
-     {"Conv", "BatchNormalization", "Relu", "MaxPool", "Flatten", "Gemm"}),
-    ("resnet_basic.onnx", ResNetBasic, "image", (3, 16, 16), "out",
-     "ResNet basic blocks: identity residual Add, a stride-2 block with 1x1 Conv+BN projection shortcut, "
-     "GlobalAveragePool-Flatten-Gemm",
-     {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm"}),
-    ("resnet_bottleneck.onnx", ResNetBottleneck, "image", (3, 16, 16), "out",
-     "ResNet bottleneck blocks (1x1 reduce, 3x3, 1x1 expand, BN, residual Add), one stride-2 block "
-     "with 1x1 projection shortcut",
-     {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm"}),
-    ("mobilenetv2.onnx", MobileNetV2, "image", (3, 16, 16), "out",
-     "MobileNetV2 inverted residuals: 1x1 expand+BN+ReLU6(Clip), depthwise 3x3 (group=channels)+BN+ReLU6, "
-     "1x1 project+BN, residual Add when shapes match; one stride-2 block without residual",
-     {"Conv", "BatchNormalization", "Clip", "Add", "GlobalAveragePool", "Flatten", "Gemm"}),
-    ("se_block.onnx", SENet, "image", (3, 16, 16), "out",
-     "Conv trunk with squeeze-excitation: GlobalAveragePool-Conv1x1-Relu-Conv1x1-Sigmoid-Mul; second SE with "
-     "HardSigmoid gate after a HardSwish conv",
-     {"Conv", "BatchNormalization", "Relu", "GlobalAveragePool", "Sigmoid", "Mul", "HardSigmoid",
-      "HardSwish", "Flatten", "Gemm"}),
-    ("densenet_concat.onnx", DenseNet, "image", (3, 16, 16), "out",
-     "DenseNet block: 3 layers of BN-Relu-Conv3x3 each Concat with its input on channels; transition "
-     "BN-Relu-Conv1x1-AveragePool; BN-Relu-GlobalAveragePool-Flatten-Gemm",
-     {"Conv", "BatchNormalization", "Relu", "Concat", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm"}),
-    ("c2f_split.onnx", C2fNet, "image", (3, 16, 16), "out",
-     "YOLOv8 C2f: Conv1x1-BN-SiLU, Split into 2 channel halves, 2 residual bottlenecks on the second half, "
-     "Concat of all pieces, Conv1x1; SiLU = x*Sigmoid(x)",
-     {"Conv", "BatchNormalization", "Sigmoid", "Mul", "Split", "Add", "Concat", "GlobalAveragePool", "Gemm"}),
-    ("channel_shuffle.onnx", ChannelShuffleNet, "image", (3, 16, 16), "out",
-     "ShuffleNet-style: Conv, grouped 1x1 Conv (g=4), channel shuffle Reshape[N,4,4,16,16]-Transpose(0,2,1,3,4)-"
-     "Reshape[N,16,16,16], grouped 1x1 Conv",
-     {"Conv", "BatchNormalization", "Relu", "Reshape", "Transpose", "GlobalAveragePool", "Gemm"}),
-    ("conv1d.onnx", Conv1dNet, "signal", (4, 32), "out",
-     "1-D conv net: 2x (Conv1d-BN-Relu), Conv1d-BN-PRelu (per-channel slope), GlobalAveragePool, Flatten, Gemm",
-     {"Conv", "BatchNormalization", "Relu", "PRelu", "GlobalAveragePool", "Flatten", "Gemm"}),
-    ("transformer_encoder.onnx", EncoderBlock, "tokens", (8, 32), "out",
-     "Post-LN transformer encoder block: explicit 4-head self-attention (MatMul/Add q,k,v, Reshape, Transpose, "
-     "MatMul, Softmax, MatMul, out proj), residual Add, LayerNormalization, FFN 32-64-32 with exact GELU (Erf)",
-     {"MatMul", "Add", "Reshape", "Transpose", "Softmax", "LayerNormalization", "Erf"}),
-    ("constant_weights.onnx", SmallCNN, "image", (3, 16, 16), "out",
-     "Small CNN Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm with all weights stored as Constant nodes "
-     "(no initializers), like Paddle exports",
-     {"Constant", "Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"}),
+    (
+        "vgg_bn.onnx",
+        VGGBN,
+        "image",
+        (3, 16, 16),
+        "out",
+        "VGG-style: 3x (Conv-BatchNormalization-Relu-MaxPool), Flatten, Gemm-Relu-Gemm",
+        {"Conv", "BatchNormalization", "Relu", "MaxPool", "Flatten", "Gemm"},
+    ),
+    (
+        "resnet_basic.onnx",
+        ResNetBasic,
+        "image",
+        (3, 16, 16),
+        "out",
+        "ResNet basic blocks: identity residual Add, a stride-2 block with 1x1 Conv+BN projection shortcut, "
+        "GlobalAveragePool-Flatten-Gemm",
+        {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
+    (
+        "resnet_bottleneck.onnx",
+        ResNetBottleneck,
+        "image",
+        (3, 16, 16),
+        "out",
+        "ResNet bottleneck blocks (1x1 reduce, 3x3, 1x1 expand, BN, residual Add), one stride-2 block "
+        "with 1x1 projection shortcut",
+        {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
+    (
+        "mobilenetv2.onnx",
+        MobileNetV2,
+        "image",
+        (3, 16, 16),
+        "out",
+        "MobileNetV2 inverted residuals: 1x1 expand+BN+ReLU6(Clip), depthwise 3x3 (group=channels)+BN+ReLU6, "
+        "1x1 project+BN, residual Add when shapes match; one stride-2 block without residual",
+        {"Conv", "BatchNormalization", "Clip", "Add", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
+    (
+        "se_block.onnx",
+        SENet,
+        "image",
+        (3, 16, 16),
+        "out",
+        "Conv trunk with squeeze-excitation: GlobalAveragePool-Conv1x1-Relu-Conv1x1-Sigmoid-Mul; second SE with "
+        "HardSigmoid gate after a HardSwish conv",
+        {
+            "Conv",
+            "BatchNormalization",
+            "Relu",
+            "GlobalAveragePool",
+            "Sigmoid",
+            "Mul",
+            "HardSigmoid",
+            "HardSwish",
+            "Flatten",
+            "Gemm",
+        },
+    ),
+    (
+        "densenet_concat.onnx",
+        DenseNet,
+        "image",
+        (3, 16, 16),
+        "out",
+        "DenseNet block: 3 layers of BN-Relu-Conv3x3 each Concat with its input on channels; transition "
+        "BN-Relu-Conv1x1-AveragePool; BN-Relu-GlobalAveragePool-Flatten-Gemm",
+        {"Conv", "BatchNormalization", "Relu", "Concat", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
+    (
+        "c2f_split.onnx",
+        C2fNet,
+        "image",
+        (3, 16, 16),
+        "out",
+        "YOLOv8 C2f: Conv1x1-BN-SiLU, Split into 2 channel halves, 2 residual bottlenecks on the second half, "
+        "Concat of all pieces, Conv1x1; SiLU = x*Sigmoid(x)",
+        {"Conv", "BatchNormalization", "Sigmoid", "Mul", "Split", "Add", "Concat", "GlobalAveragePool", "Gemm"},
+    ),
+    (
+        "channel_shuffle.onnx",
+        ChannelShuffleNet,
+        "image",
+        (3, 16, 16),
+        "out",
+        "ShuffleNet-style: Conv, grouped 1x1 Conv (g=4), channel shuffle Reshape[N,4,4,16,16]-Transpose(0,2,1,3,4)-"
+        "Reshape[N,16,16,16], grouped 1x1 Conv",
+        {"Conv", "BatchNormalization", "Relu", "Reshape", "Transpose", "GlobalAveragePool", "Gemm"},
+    ),
+    (
+        "conv1d.onnx",
+        Conv1dNet,
+        "signal",
+        (4, 32),
+        "out",
+        "1-D conv net: 2x (Conv1d-BN-Relu), Conv1d-BN-PRelu (per-channel slope), GlobalAveragePool, Flatten, Gemm",
+        {"Conv", "BatchNormalization", "Relu", "PRelu", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
+    (
+        "transformer_encoder.onnx",
+        EncoderBlock,
+        "tokens",
+        (8, 32),
+        "out",
+        "Post-LN transformer encoder block: explicit 4-head self-attention (MatMul/Add q,k,v, Reshape, Transpose, "
+        "MatMul, Softmax, MatMul, out proj), residual Add, LayerNormalization, FFN 32-64-32 with exact GELU (Erf)",
+        {"MatMul", "Add", "Reshape", "Transpose", "Softmax", "LayerNormalization", "Erf"},
+    ),
+    (
+        "constant_weights.onnx",
+        SmallCNN,
+        "image",
+        (3, 16, 16),
+        "out",
+        "Small CNN Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm with all weights stored as Constant nodes "
+        "(no initializers), like Paddle exports",
+        {"Constant", "Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"},
+    ),
 ]
 
 
@@ -662,7 +744,7 @@ def main():
     torch.use_deterministic_algorithms(True)
     seed_all(SEED)
 
-    results = {}        # filename -> dict(desc, params, acc)
+    results = {}  # filename -> dict(desc, params, acc)
     topologies = {}
 
     # ---- data ----
@@ -672,13 +754,31 @@ def main():
 
     # ---- trained models ----
     trained = [
-        ("mlp.onnx", MLP, "pixels", (64,), dict(epochs=60, lr=1e-3),
-         "LeNet-300-100 MLP: Gemm 300-Relu-Gemm 100-Relu-Gemm 10"),
-        ("lenet5.onnx", LeNet5, "image", (1, 8, 8), dict(epochs=100, lr=2e-3),
-         "LeNet-5: Conv(1-6,k3)-Relu-MaxPool-Conv(6-16,k3)-Relu-MaxPool-Flatten-Gemm 120-Relu-Gemm 84-Relu-Gemm 10"),
-        ("resnet_digits.onnx", ResNetDigits, "image", (1, 8, 8), dict(epochs=40, lr=2e-3, weight_decay=1e-4),
-         "Small ResNet: stem Conv-BN-Relu, 2 basic blocks @16, stride-2 block @32 with 1x1 Conv+BN shortcut, "
-         "GlobalAveragePool-Flatten-Gemm 10"),
+        (
+            "mlp.onnx",
+            MLP,
+            "pixels",
+            (64,),
+            dict(epochs=60, lr=1e-3),
+            "LeNet-300-100 MLP: Gemm 300-Relu-Gemm 100-Relu-Gemm 10",
+        ),
+        (
+            "lenet5.onnx",
+            LeNet5,
+            "image",
+            (1, 8, 8),
+            dict(epochs=100, lr=2e-3),
+            "LeNet-5: Conv(1-6,k3)-Relu-MaxPool-Conv(6-16,k3)-Relu-MaxPool-Flatten-Gemm 120-Relu-Gemm 84-Relu-Gemm 10",
+        ),
+        (
+            "resnet_digits.onnx",
+            ResNetDigits,
+            "image",
+            (1, 8, 8),
+            dict(epochs=40, lr=2e-3, weight_decay=1e-4),
+            "Small ResNet: stem Conv-BN-Relu, 2 basic blocks @16, stride-2 block @32 with 1x1 Conv+BN shortcut, "
+            "GlobalAveragePool-Flatten-Gemm 10",
+        ),
     ]
     accuracy = {}
     for i, (fname, cls, in_name, in_shape, hp, desc) in enumerate(trained):
@@ -692,9 +792,11 @@ def main():
         acc = onnx_accuracy(sess, xte.reshape((-1,) + in_shape), yte)
         accuracy[fname] = round(acc, 4)
         results[fname] = dict(desc=desc, params=n_params(model), acc=acc)
-        topologies[fname] = {"inputs": {in_name: ["N", *in_shape]},
-                             "outputs": {"logits": ["N", 10]},
-                             "description": desc + " (trained on sklearn digits)"}
+        topologies[fname] = {
+            "inputs": {in_name: ["N", *in_shape]},
+            "outputs": {"logits": ["N", 10]},
+            "description": desc + " (trained on sklearn digits)",
+        }
 
     # ---- topology models ----
     for i, (fname, cls, in_name, in_shape, out_name, desc, req) in enumerate(TOPOLOGIES):
@@ -711,9 +813,11 @@ def main():
         with torch.no_grad():
             out_shape = list(net(example).shape[1:])
         results[fname] = dict(desc=desc, params=n_params(model), acc=None)
-        topologies[fname] = {"inputs": {in_name: ["N", *in_shape]},
-                             "outputs": {out_name: ["N", *out_shape]},
-                             "description": desc}
+        topologies[fname] = {
+            "inputs": {in_name: ["N", *in_shape]},
+            "outputs": {out_name: ["N", *out_shape]},
+            "description": desc,
+        }
 
     with open(os.path.join(HERE, "accuracy.json"), "w") as f:
         json.dump(accuracy, f, indent=2)
