@@ -19,8 +19,9 @@ greedy steps (MAX_HEAVY_STEPS when its downdates are large): a step takes the ch
 the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
 forces one channel per step (the exact greedy).
 
-Consumers wider than hessian.PRECISE_WIDTH inputs keep H_0^-1 and Q in float32 (inverted by LAPACK
-spotri: half the time and memory); the blocks [H_t^-1]_BB and their inverses are float64.
+Consumers wider than hessian.PRECISE_WIDTH inputs keep H_0^-1, Q and the working W~ in float32
+(inverted by LAPACK spotri: half the time and memory traffic); the blocks [H_t^-1]_BB, their inverses
+and the costs are float64.
 
 Groups are skipped (left whole, with the reason in the report) when a consumer is not a Gemm,
 MatMul or group-1 Conv with constant weights, or its Hessian would exceed MAX_WIDTH inputs.
@@ -83,12 +84,13 @@ class Consumer:
         inverse = prep.inverse[0]
         factors = np.zeros((layer.width, 0), dtype=inverse.dtype)
         removed = np.zeros(layer.width, dtype=bool)
-        return cls(layer, m0, stats, m, inverse, factors, 0, removed, prep.damping, base)
+        weights = m.astype(inverse.dtype)  # the working W~ in the inverse's precision
+        return cls(layer, m0, stats, weights, inverse, factors, 0, removed, prep.damping, base)
 
     @property
     def matrix(self) -> np.ndarray:
-        """The current W~ [O, width]."""
-        return self.weights
+        """The current W~ [O, width], float64."""
+        return self.weights.astype(np.float64)
 
     def costs(self, blocks: list[np.ndarray]) -> np.ndarray:
         """1/2 tr(W_B ([H_t^-1]_BB)^-1 W_B^T) for each block of W~ columns (removed columns cost 0)."""
@@ -139,9 +141,9 @@ class Consumer:
         if inv_bb is None:
             inv_bb = np.linalg.pinv(hbb)
         wb = self.weights[:, block]
-        delta = wb @ inv_bb  # [O, b]
+        delta = wb @ inv_bb  # [O, b], float64
         cost = 0.5 * float(np.sum(delta * wb))
-        self.weights -= delta @ column.T
+        self.weights -= delta.astype(column.dtype) @ column.T
         self.weights[:, block] = 0.0
         self.removed[block] = True
         self.predicted += cost
