@@ -398,6 +398,20 @@ class LayerStats:
         """1/(2n) ||Z||^2 of the reference output."""
         return output_energy(m, self.hessian if self.reference is None else self.reference, row_group)
 
+    def error_and_energy(self, new: np.ndarray, old: np.ndarray, row_group: np.ndarray) -> tuple[float, float]:
+        """error(new, old) and energy(old); without a reference both forms come from one pass over H
+        (the rows of W_new - W_old and of W_old stacked)."""
+        if self.cross is not None:
+            return self.error(new, old, row_group), self.energy(old, row_group)
+        error = energy = 0.0
+        for g in range(len(self.hessian)):
+            rows = row_group == g
+            delta, base = new[rows] - old[rows], old[rows]
+            both = forms(np.concatenate([delta, base]), self.hessian[g])
+            error += 0.5 * float(both[: len(delta)].sum())
+            energy += 0.5 * float(both[len(delta) :].sum())
+        return error, energy
+
 
 class PairedSum:
     """H, C and H_ref of one layer from the working and the reference activation of each batch
@@ -646,6 +660,14 @@ def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray, precise: bool = True)
         a32 = a.astype(np.float32)
         return float(np.sum((a32 @ h.astype(np.float32)) * a32, dtype=np.float64))
     return float(np.sum((a @ h) * b))
+
+
+def forms(a: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """a_r^T H a_r for every row r (float32 products when H is wider than PRECISE_WIDTH)."""
+    if h.shape[0] > PRECISE_WIDTH:
+        a32 = a.astype(np.float32)
+        return np.einsum("ri,ri->r", a32 @ h.astype(np.float32), a32, dtype=np.float64)
+    return np.einsum("ri,ri->r", a @ h, a)
 
 
 def output_energy(m: np.ndarray, h: np.ndarray, row_group: np.ndarray) -> float:

@@ -285,3 +285,17 @@ def test_layers_with_shared_or_dynamic_weights_are_skipped_with_a_reason():
     layers, skipped = find_layers(GraphIndex.build(b.model()))
     assert layers == {}
     assert "shared" in skipped["a"] and "shared" in skipped["b"] and "not a constant" in skipped["c"]
+
+
+@pytest.mark.parametrize("width", [7, 1500], ids=["float64", "float32-products"])
+def test_error_and_energy_in_one_pass_equal_the_separate_forms(width):
+    """Stacked rows of W_new - W_old and W_old give 1/2 sum dw^T H dw and 1/2 sum w^T H w."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2 * width, width))
+    h = (x.T @ x / len(x))[None]
+    old, new = rng.standard_normal((2, 4, width))
+    groups = np.zeros(4, dtype=np.int64)
+    error, energy = LayerStats(h).error_and_energy(new, old, groups)
+    d = new - old
+    assert error == pytest.approx(0.5 * np.einsum("ri,ij,rj->", d, h[0], d), rel=1e-5)
+    assert energy == pytest.approx(0.5 * np.einsum("ri,ij,rj->", old, h[0], old), rel=1e-5)

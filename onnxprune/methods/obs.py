@@ -131,26 +131,25 @@ class Consumer:
         block = block[~self.removed[block]]
         if len(block) == 0:
             return 0.0
-        column = self.inverse[:, block]  # H_t^-1[:, B] = H_0^-1[:, B] - Q Q[B]^T
+        rows = self.inverse[block]  # H_t^-1[B, :] = H_0^-1[B, :] - Q[B] Q^T (rows: contiguous reads)
         if self.rank:
             q = self.factors[:, : self.rank]
-            column = column - q @ q[block].T
-        column = np.ascontiguousarray(column)
-        hbb = column[block].astype(np.float64)
+            rows = rows - q[block] @ q.T
+        hbb = rows[:, block].astype(np.float64)
         inv_bb = cholesky_inverse(hbb)
         if inv_bb is None:
             inv_bb = np.linalg.pinv(hbb)
         wb = self.weights[:, block]
         delta = wb @ inv_bb  # [O, b], float64
         cost = 0.5 * float(np.sum(delta * wb))
-        self.weights -= delta.astype(column.dtype) @ column.T
+        self.weights -= delta.astype(rows.dtype) @ rows
         self.weights[:, block] = 0.0
         self.removed[block] = True
         self.predicted += cost
         if final:
             self.inverse = self.factors = None
             return cost
-        self._append(column @ _root(inv_bb).astype(column.dtype))
+        self._append(rows.T @ _root(inv_bb).astype(rows.dtype))
         return cost
 
     def _append(self, factor: np.ndarray) -> None:
@@ -165,8 +164,7 @@ class Consumer:
 
     def note(self) -> dict:
         groups = self.layer.row_group
-        measured = self.stats.error(self.matrix, self.original, groups)
-        energy = self.stats.energy(self.original, groups)
+        measured, energy = self.stats.error_and_energy(self.matrix, self.original, groups)
         return {
             "layer": self.layer.node,
             "op_type": self.layer.op_type,
