@@ -343,15 +343,18 @@ class HessianSum:
         self.count += len(rows[0])
 
     def hessian(self) -> np.ndarray:
-        """H = S / n, [groups, width, width] float64."""
+        """H = S / n, [groups, width, width]: float64, float32 for layers summed in float32."""
         if self.count == 0:
             raise CalibrationError(f"layer '{self.layer.node}': saw no calibration rows; give at least one sample")
-        return _divided(self.moments, self.layer.width, self.count)
+        return _divided(self.moments, self.layer.width, self.count, keep_single=True)
 
 
-def _divided(moments: list[Moments], width: int, count: int) -> np.ndarray:
-    """[groups, width, width] float64: every group's S / n (the accumulators are freed on the way)."""
-    out = np.zeros((len(moments), width, width))
+def _divided(moments: list[Moments], width: int, count: int, keep_single: bool = False) -> np.ndarray:
+    """[groups, width, width]: every group's S / n (the accumulators are freed on the way). float64,
+    or float32 when `keep_single` and the products were summed in float32 (a wide layer's H then
+    never exists in float64: half the memory traffic of every later pass over it)."""
+    single = keep_single and all(m.product is not None and m.product.dtype == np.float32 for m in moments)
+    out = np.zeros((len(moments), width, width), dtype=np.float32 if single else np.float64)
     for g, m in enumerate(moments):
         m.total(out[g])
         m.product = None
@@ -627,6 +630,21 @@ def cholesky_inverse(h: np.ndarray, overwrite: bool = False) -> np.ndarray | Non
     return inverse
 
 
+def inverse_and_root(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H^-1, R) with R R^T = H^-1 for a small symmetric positive semi-definite H, from one Cholesky
+    factorization H = L L^T (R = L^-T); the pseudo-inverse and its eigen-root when H is singular."""
+    try:
+        factor = np.linalg.cholesky(h)
+        if np.isfinite(factor).all() and _well_conditioned(np.diag(factor), h):
+            lower_inverse = np.linalg.inv(factor)
+            return lower_inverse.T @ lower_inverse, lower_inverse.T
+    except np.linalg.LinAlgError:
+        pass
+    inverse = np.linalg.pinv(h, hermitian=True)
+    values, vectors = np.linalg.eigh(inverse)
+    return inverse, vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
 def mirror_triangle(a: np.ndarray, step: int = 512) -> None:
     """Make square `a` symmetric from its lower triangle, in place, a block of rows at a time (no n^2
     temporary)."""
@@ -658,7 +676,7 @@ def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray, precise: bool = True)
     as it is, never subtracted from another): float32 when H is wider than PRECISE_WIDTH."""
     if not precise and h.shape[0] > PRECISE_WIDTH:
         a32 = a.astype(np.float32)
-        return float(np.sum((a32 @ h.astype(np.float32)) * a32, dtype=np.float64))
+        return float(np.sum((a32 @ h.astype(np.float32, copy=False)) * a32, dtype=np.float64))
     return float(np.sum((a @ h) * b))
 
 
@@ -666,7 +684,7 @@ def forms(a: np.ndarray, h: np.ndarray) -> np.ndarray:
     """a_r^T H a_r for every row r (float32 products when H is wider than PRECISE_WIDTH)."""
     if h.shape[0] > PRECISE_WIDTH:
         a32 = a.astype(np.float32)
-        return np.einsum("ri,ri->r", a32 @ h.astype(np.float32), a32, dtype=np.float64)
+        return np.einsum("ri,ri->r", a32 @ h.astype(np.float32, copy=False), a32, dtype=np.float64)
     return np.einsum("ri,ri->r", a @ h, a)
 
 

@@ -18,6 +18,7 @@ from onnxprune.hessian import (
     collect_hessians,
     collect_stats,
     find_layers,
+    inverse_and_root,
     layer_error,
     prepare,
 )
@@ -299,3 +300,12 @@ def test_error_and_energy_in_one_pass_equal_the_separate_forms(width):
     d = new - old
     assert error == pytest.approx(0.5 * np.einsum("ri,ij,rj->", d, h[0], d), rel=1e-5)
     assert energy == pytest.approx(0.5 * np.einsum("ri,ij,rj->", old, h[0], old), rel=1e-5)
+
+
+@pytest.mark.parametrize("rank", [5, 3], ids=["definite", "singular"])
+def test_inverse_and_root_give_the_pseudo_inverse_and_a_square_root_of_it(rank):
+    x = np.random.default_rng(9).standard_normal((5, rank))
+    h = x @ x.T
+    inverse, root = inverse_and_root(h)
+    np.testing.assert_allclose(inverse, np.linalg.pinv(h), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(root @ root.T, inverse, rtol=1e-6, atol=1e-8)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import PRECISE_WIDTH, Layer, LayerStats, cholesky_inverse, find_layers, prepare
+from ..hessian import PRECISE_WIDTH, Layer, LayerStats, find_layers, inverse_and_root, prepare
 from ..plan import PruningPlan
 from .base import Method, MethodContext
 from .lobs import Settings, collect_on_updated, layer_waves, layer_weights, write_layer
@@ -135,10 +135,7 @@ class Consumer:
         if self.rank:
             q = self.factors[:, : self.rank]
             rows = rows - q[block] @ q.T
-        hbb = rows[:, block].astype(np.float64)
-        inv_bb = cholesky_inverse(hbb)
-        if inv_bb is None:
-            inv_bb = np.linalg.pinv(hbb)
+        inv_bb, root = inverse_and_root(rows[:, block].astype(np.float64))
         wb = self.weights[:, block]
         delta = wb @ inv_bb  # [O, b], float64
         cost = 0.5 * float(np.sum(delta * wb))
@@ -149,7 +146,7 @@ class Consumer:
         if final:
             self.inverse = self.factors = None
             return cost
-        self._append(rows.T @ _root(inv_bb).astype(rows.dtype))
+        self._append(rows.T @ root.astype(rows.dtype))
         return cost
 
     def _append(self, factor: np.ndarray) -> None:
@@ -183,16 +180,6 @@ class GroupTask:
     remove: int
     consumers: tuple[str, ...]
     blocks: dict[str, dict[int, np.ndarray]]
-
-
-def _root(m: np.ndarray) -> np.ndarray:
-    """A factor L with L L^T = m for a symmetric positive semi-definite m (Cholesky, or through the
-    eigendecomposition when m is singular)."""
-    try:
-        return np.linalg.cholesky(m)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(m)
-        return vectors * np.sqrt(np.clip(values, 0.0, None))
 
 
 def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: float) -> GroupTask | str:
