@@ -72,6 +72,7 @@ class Consumer:
     damping: float
     predicted: float = 0.0
     pending: int = 0
+    diagonal: np.ndarray | None = None  # diag(H_t^-1), float64, kept current by _append
 
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
@@ -85,7 +86,8 @@ class Consumer:
         factors = np.zeros((layer.width, 0), dtype=inverse.dtype)
         removed = np.zeros(layer.width, dtype=bool)
         weights = m.astype(inverse.dtype)  # the working W~ in the inverse's precision
-        return cls(layer, m0, stats, weights, inverse, factors, 0, removed, prep.damping, base)
+        diagonal = np.diag(inverse).astype(np.float64)
+        return cls(layer, m0, stats, weights, inverse, factors, 0, removed, prep.damping, base, diagonal=diagonal)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -107,6 +109,11 @@ class Consumer:
         return out
 
     def _same_size_costs(self, blocks: np.ndarray) -> np.ndarray:
+        if blocks.shape[1] == 1:  # ||W[:, i]||^2 / [H_t^-1]_ii, without a gather of W or Q
+            column = blocks[:, 0]
+            squares = np.einsum("oi,oi->i", self.weights, self.weights)[column]
+            gone = self.removed[column]  # removed: cost 0 (their [H_t^-1]_ii is 0 too)
+            return 0.5 * np.where(gone, 0.0, squares) / np.where(gone, 1.0, self.diagonal[column])
         hbb = self.inverse[blocks[:, :, None], blocks[:, None, :]]
         if self.rank:
             q = self.factors[blocks, : self.rank]  # [C, b, r]
@@ -115,9 +122,6 @@ class Consumer:
         live = ~self.removed[blocks]  # [C, b]
         if not live.all():  # removed columns: identity in H^-1, zero weights
             hbb = np.where(live[:, :, None] & live[:, None, :], hbb, np.eye(blocks.shape[1])[None])
-        if blocks.shape[1] == 1:  # ||W[:, i]||^2 / [H^-1]_ii, the squares read without a gather
-            squares = np.einsum("oi,oi->i", self.weights, self.weights)[blocks[:, 0]]
-            return 0.5 * np.where(live[:, 0], squares, 0.0) / hbb[:, 0, 0]
         w = self.weights[:, blocks]  # [O, C, b]
         if not live.all():
             w = np.where(live[None], w, 0.0)
@@ -158,6 +162,7 @@ class Consumer:
             self.factors = grown
         self.factors[:, self.rank : end] = factor
         self.rank = end
+        self.diagonal -= np.einsum("nb,nb->n", factor, factor, dtype=np.float64)
 
     def note(self) -> dict:
         groups = self.layer.row_group
