@@ -604,13 +604,9 @@ def cholesky_inverse(h: np.ndarray, overwrite: bool = False) -> np.ndarray | Non
     if not np.isfinite(h).all():
         return None
     if len(h) <= SMALL_INVERSE:
-        try:
-            factor = np.linalg.cholesky(h)
-        except np.linalg.LinAlgError:
+        lower_inverse = _lower_inverse(h)
+        if lower_inverse is None:
             return None
-        if not _well_conditioned(np.diag(factor), h):
-            return None
-        lower_inverse = np.linalg.inv(factor)
         inverse = lower_inverse.T @ lower_inverse
     else:
         single = h.dtype == np.float32
@@ -633,16 +629,24 @@ def cholesky_inverse(h: np.ndarray, overwrite: bool = False) -> np.ndarray | Non
 def inverse_and_root(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(H^-1, R) with R R^T = H^-1 for a small symmetric positive semi-definite H, from one Cholesky
     factorization H = L L^T (R = L^-T); the pseudo-inverse and its eigen-root when H is singular."""
-    try:
-        factor = np.linalg.cholesky(h)
-        if np.isfinite(factor).all() and _well_conditioned(np.diag(factor), h):
-            lower_inverse = np.linalg.inv(factor)
-            return lower_inverse.T @ lower_inverse, lower_inverse.T
-    except np.linalg.LinAlgError:
-        pass
+    lower_inverse = _lower_inverse(h)
+    if lower_inverse is not None:
+        return lower_inverse.T @ lower_inverse, lower_inverse.T
     inverse = np.linalg.pinv(h, hermitian=True)
     values, vectors = np.linalg.eigh(inverse)
     return inverse, vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
+def _lower_inverse(h: np.ndarray) -> np.ndarray | None:
+    """L^-1 of the Cholesky factor H = L L^T (NumPy's LAPACK), or None when H is not (numerically)
+    positive definite."""
+    try:
+        factor = np.linalg.cholesky(h)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.isfinite(factor).all() or not _well_conditioned(np.diag(factor), h):
+        return None
+    return np.linalg.inv(factor)
 
 
 def mirror_triangle(a: np.ndarray, step: int = 512) -> None:
@@ -667,21 +671,19 @@ def layer_error(delta: np.ndarray, h: np.ndarray, row_group: np.ndarray) -> floa
     total = 0.0
     for g in range(len(h)):
         d = delta[row_group == g]
-        total += 0.5 * quadratic(d, h[g], d, precise=False)
+        total += 0.5 * float(forms(d, h[g]).sum())
     return total
 
 
-def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray, precise: bool = True) -> float:
-    """sum_r a_r^T H b_r, through one matrix product (BLAS). Not `precise` (a form a^T H a reported
-    as it is, never subtracted from another): float32 when H is wider than PRECISE_WIDTH."""
-    if not precise and h.shape[0] > PRECISE_WIDTH:
-        a32 = a.astype(np.float32)
-        return float(np.sum((a32 @ h.astype(np.float32, copy=False)) * a32, dtype=np.float64))
+def quadratic(a: np.ndarray, h: np.ndarray, b: np.ndarray) -> float:
+    """sum_r a_r^T H b_r, through one matrix product (BLAS), in the operands' precision (the sequential
+    error is a difference of such terms)."""
     return float(np.sum((a @ h) * b))
 
 
 def forms(a: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """a_r^T H a_r for every row r (float32 products when H is wider than PRECISE_WIDTH)."""
+    """a_r^T H a_r for every row r, each a form reported as it is, never subtracted from another: float32
+    products when H is wider than PRECISE_WIDTH, summed in float64."""
     if h.shape[0] > PRECISE_WIDTH:
         a32 = a.astype(np.float32)
         return np.einsum("ri,ri->r", a32 @ h.astype(np.float32, copy=False), a32, dtype=np.float64)
