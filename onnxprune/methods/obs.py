@@ -15,7 +15,7 @@ Greedy per group: remove the channel of least summed cost, update every consumer
 until the group keeps methods.select.keep_count channels. The consumer's bias is the last column of
 W~ (x~ = [x; 1]), so the update moves the mean contribution of removed inputs into it; a consumer
 without a bias is compensated in its weights only. A group removes its channels in at most MAX_STEPS
-greedy steps (MAX_HEAVY_STEPS when its downdates are large): a step takes the cheapest channels by
+greedy steps (MAX_HEAVY_STEPS for large groups): a step takes the cheapest channels by
 the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
 forces one channel per step (the exact greedy).
 
@@ -45,8 +45,9 @@ from .select import keep_count, repair_empty
 
 #: consumers with more inputs than this (e.g. a Gemm after a large Flatten) are not compensated
 MAX_WIDTH = 16384
-#: greedy steps per group (several channels per step beyond), and for groups whose one-channel
-#: steps would update more than WORK_BUDGET elements of H^-1
+#: greedy steps per group (several channels per step beyond), and for large groups: those whose
+#: removed channels x sum of consumer widths^2 exceeds WORK_BUDGET (every step re-costs all candidates
+#: of every consumer and rewrites its W~)
 MAX_STEPS = 32
 MAX_HEAVY_STEPS = 16
 WORK_BUDGET = 2e8
@@ -69,10 +70,10 @@ class Consumer:
     factors: np.ndarray
     rank: int
     removed: np.ndarray
+    diagonal: np.ndarray  # diag(H_t^-1), float64, kept current by _append
     damping: float
     predicted: float = 0.0
     pending: int = 0
-    diagonal: np.ndarray | None = None  # diag(H_t^-1), float64, kept current by _append
 
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
@@ -87,7 +88,7 @@ class Consumer:
         removed = np.zeros(layer.width, dtype=bool)
         weights = m.astype(inverse.dtype)  # the working W~ in the inverse's precision
         diagonal = np.diag(inverse).astype(np.float64)
-        return cls(layer, m0, stats, weights, inverse, factors, 0, removed, prep.damping, base, diagonal=diagonal)
+        return cls(layer, m0, stats, weights, inverse, factors, 0, removed, diagonal, prep.damping, base)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -207,8 +208,8 @@ def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: flo
 
 
 def _step_size(task: GroupTask, consumers: dict[str, Consumer], forced: int) -> int:
-    """Channels removed per greedy step: at most MAX_STEPS steps per group (MAX_HEAVY_STEPS where the
-    downdates of one channel per step would exceed WORK_BUDGET element updates)."""
+    """Channels removed per greedy step: at most MAX_STEPS steps per group, MAX_HEAVY_STEPS where
+    removed x sum(width^2) exceeds WORK_BUDGET."""
     if forced > 0:
         return forced
     work = task.remove * sum(consumers[name].layer.width ** 2 for name in task.consumers)
