@@ -252,6 +252,15 @@ def masked_model(model: onnx.ModelProto, analysis: Analysis, removed) -> onnx.Mo
     return masked
 
 
+def layer_rows(model: onnx.ModelProto, feeds: dict, layer) -> np.ndarray:
+    """A hessian.Layer's pre-activation on `feeds`, in onnxruntime, as float64 rows [n, O]."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.ValueInfoProto(name=layer.output))
+    z = runtime.run(runtime.session(exposed), feeds)[-1].astype(np.float64)
+    return np.moveaxis(z, 1, -1).reshape(-1, layer.rows) if z.ndim > 2 else z
+
+
 def run_session(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """Outputs of `model` in onnxruntime (CPU, no graph optimization, one thread: tiny models)."""
     return runtime.run(runtime.session(model, threads=1), feeds)

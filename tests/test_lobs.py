@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder
+from graphs import Builder, layer_rows
 
 from onnxprune import PruneOptions, prune, runtime
 from onnxprune.cli import main
@@ -103,23 +103,14 @@ def test_measured_error_equals_onnxruntime_and_exact_prediction_is_exact(mode, n
     note = next(n for n in result.report["steps"][0]["layers"] if n["layer"] == name)
     layer = find_layers(GraphIndex.build(model))[0][name]
     only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.bias)}
-    z0 = _output(model, data, layer)
-    z1 = _output(with_updates(model, only), data, layer)
+    z0 = layer_rows(model, data.feeds, layer)
+    z1 = layer_rows(with_updates(model, only), data.feeds, layer)
     measured = 0.5 * ((z1 - z0) ** 2).sum() / len(z0)
     assert note["measured_error"] == pytest.approx(measured, rel=2e-4, abs=1e-9)
     if mode == "exact":
         assert note["predicted_error"] == pytest.approx(note["measured_error"], rel=1e-5, abs=1e-9)
     size = layer.rows * layer.inputs
     assert note["density"] == pytest.approx(1 - math.floor(0.6 * size + 1e-9) / size)
-
-
-def _output(model, data, layer):
-    """The layer's pre-activation as rows [n, O]."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(onnx.ValueInfoProto(name=layer.output))
-    z = runtime.run(runtime.session(exposed), data.feeds)[-1].astype(np.float64)
-    return np.moveaxis(z, 1, -1).reshape(-1, layer.rows) if z.ndim > 2 else z
 
 
 def test_exact_mode_beats_faithful_mode_and_plain_zeroing():
@@ -199,7 +190,7 @@ def test_sequential_errors_are_measured_against_the_original_outputs():
     layers = find_layers(GraphIndex.build(model))[0]
     for note in step["layers"]:
         layer = layers[note["layer"]]
-        z0, z1 = _output(model, data, layer), _output(pruned_same_shape, data, layer)
+        z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(pruned_same_shape, data.feeds, layer)
         assert note["measured_error"] == pytest.approx(0.5 * ((z1 - z0) ** 2).sum() / len(z0), rel=1e-3)
     plain = prune(model, "lobs", _options(0.7), calibration=data, run_validation=False)
     final = [n["measured_error"] for n in step["layers"]][-1]
@@ -208,7 +199,7 @@ def test_sequential_errors_are_measured_against_the_original_outputs():
 
 
 def _output_error(model, pruned, data, layer):
-    z0, z1 = _output(model, data, layer), _output(pruned, data, layer)
+    z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(pruned, data.feeds, layer)
     return 0.5 * ((z1 - z0) ** 2).sum() / len(z0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder
+from graphs import Builder, layer_rows
 
 from onnxprune import PruneOptions, prune, runtime
 from onnxprune.cli import main
@@ -128,7 +128,7 @@ def test_predicted_costs_equal_measured_errors_for_conv_and_flatten_blocks():
     for name, note in notes.items():
         layer = layers[name]
         only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.bias)}
-        z0, z1 = _layer_output(model, data, layer), _layer_output(with_updates(model, only), data, layer)
+        z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(with_updates(model, only), data.feeds, layer)
         measured = 0.5 * ((z1 - z0) ** 2).sum() / len(z0)
         assert note["measured_error"] == pytest.approx(measured, rel=1e-3, abs=1e-9)
         assert note["predicted_error"] == pytest.approx(note["measured_error"], rel=1e-5, abs=1e-9)
@@ -147,14 +147,6 @@ def test_wide_consumers_in_float32_choose_and_compensate_as_in_float64(monkeypat
     for a, b in zip(precise.report["steps"][0]["layers"], single.report["steps"][0]["layers"], strict=True):
         assert b["predicted_error"] == pytest.approx(a["predicted_error"], rel=1e-4)
         assert b["measured_error"] == pytest.approx(a["measured_error"], rel=1e-4)
-
-
-def _layer_output(model, data, layer):
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(onnx.ValueInfoProto(name=layer.output))
-    z = runtime.run(runtime.session(exposed), data.feeds)[-1].astype(np.float64)
-    return np.moveaxis(z, 1, -1).reshape(-1, layer.rows) if z.ndim > 2 else z
 
 
 def test_several_channels_per_step_are_compensated_jointly():
@@ -195,7 +187,7 @@ def test_sequential_obs_measures_against_the_original_outputs():
     layers = find_layers(GraphIndex.build(model))[0]
     for note in step["layers"]:
         layer = layers[note["layer"]]
-        z0, z1 = _layer_output(model, data, layer), _layer_output(same_shape, data, layer)
+        z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(same_shape, data.feeds, layer)
         assert note["measured_error"] == pytest.approx(0.5 * ((z1 - z0) ** 2).sum() / len(z0), rel=1e-3)
 
 
