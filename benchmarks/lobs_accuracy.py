@@ -63,11 +63,12 @@ def lobs_accuracy(name: str, density: float, extra: dict) -> float:
 
 
 def lobs_result(name: str, density: float, extra: dict):
-    options = PruneOptions(ratio=1.0 - density, extra={"batch_size": 64, **extra})
+    options = PruneOptions(ratio=1.0 - density, extra=extra)
     return prune(
         MODELS / f"{name}.onnx",
         "lobs",
         options,
+        batch_size=64,
         calibration=MODELS / "digits_train.npz",
         calib_samples=1000,
         validation_data=MODELS / "digits_test.npz",
@@ -111,11 +112,13 @@ def storage_row(name: str, density: float) -> str:
     """File bytes of the model pruned by lobs (exact, global) without and with --sparse-storage."""
     sizes = []
     for sparse in (False, True):
-        extra = {"batch_size": 64, "lobs_allocation": "global", "sparse_storage": sparse}
+        extra = {"lobs_allocation": "global"}
         result = prune(
             MODELS / f"{name}.onnx",
             "lobs",
             PruneOptions(ratio=1.0 - density, extra=extra),
+            batch_size=64,
+            sparse_storage=sparse,
             calibration=MODELS / "digits_train.npz",
             calib_samples=1000,
             validation_data=MODELS / "digits_test.npz",

@@ -35,7 +35,8 @@ def run(name: str, method: str, ratio: float, extra: dict) -> dict:
     result = prune(
         MODELS / f"{name}.onnx",
         method,
-        PruneOptions(ratio=ratio, extra={"batch_size": 64, **extra}),
+        PruneOptions(ratio=ratio, extra=extra),
+        batch_size=64,
         calibration=MODELS / "digits_train.npz",
         calib_samples=1000,
         validation_data=MODELS / "digits_test.npz",

@@ -58,9 +58,9 @@ import json, re, sys, time
 start = time.perf_counter()
 from onnxprune import PruneOptions, prune, save_model
 path, images, batch, count, validate, out, positions = sys.argv[1:8]
-options = PruneOptions(ratio=0.5, extra={"batch_size": int(batch), "max_positions": int(positions)})
+options = PruneOptions(ratio=0.5, extra={"max_positions": int(positions)})
 result = prune(path, "obs", options, calibration=images, calib_samples=int(count), providers="cpu",
-               run_validation=validate == "1")
+               batch_size=int(batch), run_validation=validate == "1")
 save_model(result.model, out)
 seconds = time.perf_counter() - start
 report = result.report

@@ -129,9 +129,10 @@ def baselines(model, dead_free, target: int, calib, test) -> dict[str, tuple[int
 
 def relief_rows(name: str, alpha: float, iterations: int, calib, test, compensate: bool = False):
     """(iteration, nonzero params, test accuracy, dense params) after each relief iteration."""
-    extra = {"alpha": alpha, "iterations": iterations, "relief_compensate": compensate}
+    extra = {"alpha": alpha, "relief_compensate": compensate}
     result = prune(MODELS / f"{name}.onnx", "relief", PruneOptions(extra=extra), calibration=calib,
-                   calib_samples=None, validation_data=test, validate_samples=len(test))  # fmt: skip
+                   calib_samples=None, validation_data=test, validate_samples=len(test),
+                   iterations=iterations)  # fmt: skip
     final = result.report["validation"]  # a single iteration has no per-step validation
     return [
         (s["iteration"], s["nonzero_params_after"], s.get("validation", final)["accuracy_after"], s["params_after"])

@@ -6,8 +6,8 @@ from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
 from .io import load_model, save_model
 from .methods.base import PruneOptions
-from .pipeline import PruneResult, inspect_model, prune
-from .plan import PruningPlan
+from .pipeline import PipelineOptions, PruneResult, apply, inspect_model, prune
+from .plan import PlanFile, PruningPlan
 
 __all__ = [
     "Analysis",
@@ -15,10 +15,13 @@ __all__ = [
     "GraphIndex",
     "Group",
     "OnnxPruneError",
+    "PipelineOptions",
+    "PlanFile",
     "PruneOptions",
     "PruneResult",
     "PruningPlan",
     "analyze",
+    "apply",
     "inspect_model",
     "load_model",
     "load_dataset",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -17,20 +16,8 @@ from . import io
 from .errors import OnnxPruneError, OptionError
 from .methods.base import PruneOptions
 from .methods.registry import METHODS, method_options
-from .pipeline import inspect_model, prune
-from .report import inspect_table, summary_lines, write_json
-
-
-def _ratio(value: str) -> float | str:
-    if value == "auto":
-        return value
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise OptionError(f"--ratio {value}: not a number; give a fraction in [0, 1) or 'auto'") from None
-    if not 0.0 <= ratio < 1.0:
-        raise OptionError(f"--ratio {value}: must be in [0, 1); 0.5 removes half of each group's channels")
-    return ratio
+from .pipeline import PipelineOptions, apply, inspect_model, prune
+from .report import inspect_table, summary_lines
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,9 +36,10 @@ def inspect(model: Path, as_json: bool) -> None:
     """List the groups of coupled channels, what they cost and why some are frozen."""
     analysis, totals = inspect_model(model)
     if as_json:
-        from .report import _jsonable, group_rows
+        from .plan import jsonable
+        from .report import group_rows
 
-        click.echo(json.dumps(_jsonable({"groups": group_rows(analysis), "totals": totals}), indent=1))
+        click.echo(json.dumps(jsonable({"groups": group_rows(analysis), "totals": totals}), indent=1))
     else:
         click.echo("\n".join(inspect_table(analysis, totals)))
 
@@ -114,6 +102,13 @@ def _method_option_decorators(func):
 )
 @click.option("--sparse-storage", is_flag=True, help="Store weights with many zeros as sparse initializers.")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=Path), help="Write the JSON report.")
+@click.option(
+    "--save-plan",
+    "plan_path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Write the plan (JSON, plus an .npz beside it for new weights) that `onnxprune apply` replays.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
 @_method_option_decorators
 def prune_command(
@@ -136,49 +131,44 @@ def prune_command(
     iterations: int,
     sparse_storage: bool,
     report_path,
+    plan_path,
     quiet: bool,
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
     target = io.check_output_path(model, output)
-    if report_path is not None:
-        io.check_output_path(model, report_path)
-    options = PruneOptions(
-        ratio=_ratio(ratio),
-        round_to=round_to,
-        min_keep=min_keep,
-        include=include,
-        exclude=exclude,
-        seed=seed,
-        extra={
-            **extra,
-            "batch_size": batch_size,
-            "iterations": iterations,
-            "sparse_storage": sparse_storage,
-            "progress": not quiet and sys.stderr.isatty(),
-        },
-    )
-    result = prune(
-        model,
-        method=method,
-        options=options,
-        calibration=calib,
+    for side_file in (report_path, plan_path):
+        if side_file is not None:
+            io.check_output_path(model, side_file)
+    options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, extra)
+    pipeline = PipelineOptions(
         calib_samples=calib_samples,
-        validation_data=validate_data,
         validate_samples=validate_samples,
-        providers=providers,
         run_validation=not no_validate,
+        providers=providers,
+        batch_size=batch_size,
+        iterations=iterations,
+        sparse_storage=sparse_storage,
+        progress=not quiet and sys.stderr.isatty(),
     )
-    start = time.perf_counter()
-    written = io.save_model(result.model, target)
-    result.report["file_bytes_after"] = written
-    result.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
-    result.report["model"], result.report["output"] = str(model), str(output)
-    if report_path is not None:
-        write_json(result.report, report_path)
+    result = prune(model, method, options, calib, validate_data, pipeline)
+    result.save(target, report_path)
+    if plan_path is not None:
+        result.plan_file.save(plan_path)
     if not quiet:
         click.echo("\n".join(summary_lines(result.report)))
-        click.echo(f"wrote      {output}")
+        click.echo(f"wrote      {output}" + (f" and plan {plan_path}" if plan_path is not None else ""))
+
+
+@cli.command(name="apply")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("plan", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
+def apply_command(model: Path, plan: Path, output: Path) -> None:
+    """Replay a plan saved by `prune --save-plan` on MODEL (no data needed): the same model prune wrote."""
+    target = io.check_output_path(model, output)
+    written = io.save_model(apply(model, plan), target)
+    click.echo(f"wrote      {output} ({written:,} B)")
 
 
 @cli.command(name="validate")

@@ -1,15 +1,17 @@
-"""prune(): the short composition the CLI and Python users call.
+"""prune(): the short composition the CLI and Python users call, and apply() that replays its plans.
 
-load -> (method pre-passes) -> analyze -> decide -> shrink, cleanup, infer shapes, check -> validate.
+load -> prologue (fold constants, cleanup) -> per step: method pre-passes -> analyze -> decide ->
+shrink, cleanup, infer shapes, check -> (sparse storage) -> validate -> report.
 Several methods can be chained ("merge,obs"): each step analyzes the model the previous step left.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,74 @@ from .analysis.cost import model_macs
 from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
-from .methods.base import MethodContext, PruneOptions
+from .methods.base import Method, MethodContext, PruneOptions
 from .methods.registry import get_method
-from .passes import CHECK, CLEANUP, PassManager, shrink_pass
+from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
-from .passes.registry import prepass
-from .plan import PruningPlan
-from .report import group_rows
+from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
+from .report import build_report, group_rows, write_json
 from .validate import random_feeds, validate
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How prune() runs, apart from what the methods decide (each default written here only).
+
+    calib_samples: calibration samples used (None: all); validate_samples: samples compared;
+    run_validation: run original and pruned on the same inputs; providers: auto|cpu|cuda;
+    batch_size: onnxruntime batch of every statistics pass; iterations: data-driven methods prune K
+    times, recollecting statistics in between; sparse_storage: mostly-zero weights stored sparse;
+    progress: progress bars on stderr.
+    """
+
+    calib_samples: int | None = 256
+    validate_samples: int = 256
+    run_validation: bool = True
+    providers: str = "auto"
+    batch_size: int = 32
+    iterations: int = 1
+    sparse_storage: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--iterations", self.iterations),
+            ("--validate-samples", self.validate_samples),
+        ):
+            if int(value) < 1:
+                raise OptionError(f"{flag} {value}: must be at least 1")
+        if self.calib_samples is not None and int(self.calib_samples) < 1:
+            raise OptionError(f"--calib-samples {self.calib_samples}: must be at least 1")
+        if self.providers not in runtime.PROVIDER_CHOICES:
+            raise OptionError(f"--providers {self.providers}: use one of {', '.join(runtime.PROVIDER_CHOICES)}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One method run on the model the previous step left: its plan and what it left."""
+
+    method: str
+    iteration: int
+    plan: PruningPlan
+    groups: list[dict]
+    params_after: int
+    nonzero_params_after: int
+    validation: dict | None = None
+
+    def as_report(self) -> dict:
+        row = {
+            "method": self.method,
+            "removed_channels": len(self.plan.removed),
+            "groups": self.groups,
+            "params_after": self.params_after,
+            "nonzero_params_after": self.nonzero_params_after,
+            **self.plan.step_notes,
+            "iteration": self.iteration,
+        }
+        if self.validation is not None:
+            row["validation"] = self.validation
+        return row
 
 
 @dataclass
@@ -38,13 +98,28 @@ class PruneResult:
     model: onnx.ModelProto
     report: dict
     plans: list[PruningPlan] = field(default_factory=list)
+    plan_file: PlanFile | None = None
+
+    def save(self, path: str | Path, report_path: str | Path | None = None) -> int:
+        """Write the model atomically (and the report, completed with the written size), return bytes."""
+        start = time.perf_counter()
+        written = io.save_model(self.model, path)
+        self.report["file_bytes_after"] = written
+        self.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
+        self.report["output"] = str(path)
+        if report_path is not None:
+            write_json(self.report, report_path)
+        return written
 
 
-@dataclass
 class _Timer:
-    seconds: dict[str, float] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
-    def add(self, stage: str, start: float) -> None:
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
 
 
@@ -53,91 +128,155 @@ def prune(
     method: str = "magnitude",
     options: PruneOptions | None = None,
     calibration=None,
-    calib_samples: int | None = 256,
     validation_data=None,
-    validate_samples: int = 256,
-    providers: str = "auto",
-    run_validation: bool = True,
+    pipeline: PipelineOptions | None = None,
+    **pipeline_fields,
 ) -> PruneResult:
     """Prune `model` with `method` (comma-separated names chain methods) and validate the result.
 
     `calibration` feeds data-driven methods; `validation_data` (default: the calibration data, else
-    random inputs from the signature) is run through both models for the report.
+    random inputs from the signature) is run through both models for the report. How the pipeline runs
+    is `pipeline`, or PipelineOptions built from the keyword arguments (calib_samples=..., ...).
     """
     options = options or PruneOptions()
+    pipeline = pipeline or PipelineOptions(**pipeline_fields)
+    misplaced = sorted(set(options.extra) & {f.name for f in fields(PipelineOptions)})
+    if misplaced:
+        raise OptionError(
+            f"PruneOptions.extra: {misplaced[0]!r} is a pipeline option, not a method's; "
+            f"pass prune(..., {misplaced[0]}=...) or PipelineOptions({misplaced[0]}=...)"
+        )
     timer = _Timer()
-    start = time.perf_counter()
-    from_file = not isinstance(model, onnx.ModelProto)
-    current = io.load_model(model) if from_file else copy.deepcopy(model)
-    source_bytes = io.source_bytes(current) if from_file else None
+    with timer("load"):
+        source = _Source.load(model)
+        current = _prologue(source.model)
+    methods = _methods(method)
+    providers = _providers(methods, pipeline)
+    calib = _calibration(calibration, source.signature, pipeline.calib_samples, methods)
+    checks = _validation_data(validation_data, calib, source.signature, pipeline) if pipeline.run_validation else None
+    steps: list[Step] = []
+    plan_steps: list[PlanStep] = []
+    for meth in methods:
+        for iteration in range(pipeline.iterations if meth.needs_data else 1):
+            current, step, plan_step = _run_step(current, meth, options, calib, providers, pipeline, timer)
+            if pipeline.iterations > 1 and meth.needs_data and checks is not None:
+                step = replace(step, validation=_validate(source, current, checks, providers))
+            steps.append(replace(step, iteration=iteration + 1))
+            plan_steps.append(plan_step)
+    macs_after = model_macs(GraphIndex.build(current))  # before sparse storage hides the weights' shapes
+    if pipeline.sparse_storage:
+        with timer("sparse"):
+            current = PassManager([PASSES["sparse-storage"]]).run(current)
+    validation = None
+    if checks is not None:
+        with timer("validate"):
+            validation = _validate(source, current, checks, providers)
+    report = build_report(
+        method=",".join(m.name for m in methods),
+        options=options,
+        pipeline=pipeline,
+        before=source.summary,
+        model=current,
+        macs_after=macs_after,
+        steps=[s.as_report() for s in steps],
+        validation=validation,
+        validation_source=_validation_source(validation_data, calib) if validation is not None else None,
+        seconds=timer.seconds,
+    )
+    report["model"] = source.name
+    plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
+    return PruneResult(current, report, [s.plan for s in steps], plan_file)
+
+
+def apply(model: str | Path | onnx.ModelProto, plan: PlanFile | str | Path) -> onnx.ModelProto:
+    """Replay the steps of a saved plan on `model`: the same model prune() returned when it made them.
+
+    Each step runs its method's pre-passes, analyzes, checks that the analysis has the fingerprint the
+    plan was made against (else PlanError: the plan belongs to another model), and shrinks."""
+    plan = plan if isinstance(plan, PlanFile) else PlanFile.load(plan)
+    current = _prologue(_load(model))
     io.strip_internal_metadata(current)
-    # the original is kept as its signature (inputs, outputs) plus, for validation, its file or the
-    # caller's untouched proto: a model loaded from a file is never copied.
-    original = io.signature(current)
-    reference = str(model) if from_file else model
-    before = _summary(current)
-    current = PassManager([FOLD_CONSTANTS, CLEANUP]).run(current)
-    timer.add("load", start)
+    for step in plan.steps:
+        current = _run_prepasses(current, step.prepasses)
+        analysis = analyze(GraphIndex.build(current))
+        step.check_fingerprint(fingerprint(analysis))
+        current = PassManager([shrink_pass(analysis, step.plan), CLEANUP, CHECK]).run(current)
+    if plan.sparse_storage:
+        current = PassManager([PASSES["sparse-storage"]]).run(current)
+    return current
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The input model, its signature (inputs, outputs) for validation and its size before pruning.
+    A model loaded from a file is never copied: validation reads the file again (`reference`)."""
+
+    model: onnx.ModelProto
+    reference: str | onnx.ModelProto
+    signature: onnx.ModelProto
+    name: str
+    summary: dict
+
+    @classmethod
+    def load(cls, model: str | Path | onnx.ModelProto) -> _Source:
+        from_file = not isinstance(model, onnx.ModelProto)
+        loaded = _load(model)
+        size = io.source_bytes(loaded) if from_file else model.ByteSize()
+        io.strip_internal_metadata(loaded)
+        summary = {"params": io.count_params(loaded), "macs": model_macs(GraphIndex.build(loaded)), "bytes": size}
+        reference = str(model) if from_file else model
+        name = str(model) if from_file else "(in memory)"
+        return cls(loaded, reference, io.signature(loaded), name, summary)
+
+
+def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """The model from its file, or a copy of the caller's proto (never edited)."""
+    return copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else io.load_model(model)
+
+
+def _prologue(model: onnx.ModelProto) -> onnx.ModelProto:
+    return PassManager([FOLD_CONSTANTS, CLEANUP]).run(model)
+
+
+def _methods(method: str) -> list[Method]:
     names = [n.strip() for n in method.split(",") if n.strip()]
     if not names:
         raise OptionError("--method: give at least one method name")
-    methods = [get_method(n) for n in names]
-    provider_list = (
-        tuple(runtime.resolve_providers(providers))
-        if any(m.needs_data for m in methods) or run_validation
-        else ("CPUExecutionProvider",)
+    return [get_method(n) for n in names]
+
+
+def _providers(methods: list[Method], pipeline: PipelineOptions) -> tuple[str, ...]:
+    if any(m.needs_data for m in methods) or pipeline.run_validation:
+        return tuple(runtime.resolve_providers(pipeline.providers))
+    return ("CPUExecutionProvider",)
+
+
+def _run_prepasses(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+    return PassManager([PASSES[name] for name in names]).run(model) if names else model
+
+
+def _run_step(model, meth: Method, options: PruneOptions, calib, providers, pipeline: PipelineOptions, timer):
+    with timer("analyze"):
+        model = _run_prepasses(model, meth.prepasses)
+        index = GraphIndex.build(model)
+        analysis = analyze(index)
+    with timer("decide"):
+        ctx = MethodContext(model, index, analysis, _method_options(options, pipeline), calib, providers)
+        plan = meth.decide(ctx)
+        del ctx
+        index.release()
+    _check_finite(plan)
+    with timer("shrink"):
+        pruned = PassManager([shrink_pass(analysis, plan), CLEANUP, CHECK]).run(model)
+    step = Step(
+        meth.name, 1, plan, group_rows(analysis, plan), io.count_params(pruned), io.count_nonzero_params(pruned)
     )
-    calib = _calibration(calibration, original, calib_samples, methods)
-    checks = _validation_data(validation_data, calib, original, validate_samples) if run_validation else None
-    steps, plans, analysis = [], [], None
-    iterations = int(options.get("iterations", 1) or 1)
-    if iterations < 1:
-        raise OptionError(f"--iterations {iterations}: must be at least 1")
-    for meth in methods:
-        for iteration in range(iterations if meth.needs_data else 1):
-            current, step, plan, analysis = _run_step(current, meth, options, calib, provider_list, timer)
-            step["iteration"] = iteration + 1
-            if iterations > 1 and meth.needs_data and checks is not None:
-                step["validation"] = validate(
-                    reference, current, checks.feeds, checks.labels, list(provider_list), signature=original
-                )
-            steps.append(step)
-            plans.append(plan)
-    macs_after = model_macs(GraphIndex.build(current))  # before sparse storage hides the weights' shapes
-    if options.get("sparse_storage"):
-        start = time.perf_counter()
-        current = PassManager([prepass("sparse-storage")]).run(current)
-        timer.add("sparse", start)
-    report = {
-        "method": ",".join(names),
-        "options": _options_dict(options),
-        "params_before": before["params"],
-        "params_after": io.count_params(current),
-        "nonzero_params_after": io.count_nonzero_params(current),
-        "macs_before": before["macs"],
-        "macs_after": macs_after,
-        "file_bytes_before": source_bytes if source_bytes is not None else model.ByteSize(),
-        "file_bytes_after": current.ByteSize(),
-        "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
-        "steps": steps,
-    }
-    if checks is not None:
-        start = time.perf_counter()
-        report["validation"] = validate(
-            reference, current, checks.feeds, checks.labels, list(provider_list), signature=original
-        )
-        report["validation_source"] = (
-            "calibration data"
-            if validation_data is None and calib is not None
-            else ("given data" if validation_data is not None else "random inputs (seed 0)")
-        )
-        timer.add("validate", start)
-    report["seconds"] = timer.seconds
-    return PruneResult(current, report, plans)
+    return pruned, step, PlanStep(meth.name, meth.prepasses, fingerprint(analysis), plan)
 
 
-def _summary(model: onnx.ModelProto) -> dict:
-    return {"params": io.count_params(model), "macs": model_macs(GraphIndex.build(model))}
+def _method_options(options: PruneOptions, pipeline: PipelineOptions) -> PruneOptions:
+    """The options a method reads: its own, plus the pipeline's batch size and progress switch."""
+    return replace(options, extra={**options.extra, "batch_size": pipeline.batch_size, "progress": pipeline.progress})
 
 
 def _calibration(calibration, model, limit, methods) -> Dataset | None:
@@ -152,41 +291,22 @@ def _calibration(calibration, model, limit, methods) -> Dataset | None:
     return load_dataset(calibration, model, limit)
 
 
-def _validation_data(validation_data, calib: Dataset | None, model, count: int) -> Dataset:
+def _validation_data(validation_data, calib: Dataset | None, model, pipeline: PipelineOptions) -> Dataset:
     if validation_data is not None:
-        return load_dataset(validation_data, model, count, where="--validate-data")
+        return load_dataset(validation_data, model, pipeline.validate_samples, where="--validate-data")
     if calib is not None:
-        return calib.take(count)
+        return calib.take(pipeline.validate_samples)
     return Dataset(random_feeds(model, batch=8, seed=0))
 
 
-def _run_step(model, meth, options, calib, providers, timer):
-    start = time.perf_counter()
-    for name in meth.prepasses:
-        model = PassManager([prepass(name)]).run(model)
-    index = GraphIndex.build(model)
-    analysis = analyze(index)
-    timer.add("analyze", start)
-    start = time.perf_counter()
-    ctx = MethodContext(model, index, analysis, options, calib, providers)
-    plan = meth.decide(ctx)
-    del ctx
-    index.release()
-    timer.add("decide", start)
-    _check_finite(plan)
-    start = time.perf_counter()
-    manager = PassManager([shrink_pass(analysis, plan), CLEANUP, CHECK])
-    pruned = manager.run(model)
-    timer.add("shrink", start)
-    step = {
-        "method": meth.name,
-        "removed_channels": len(plan.removed),
-        "groups": group_rows(analysis, plan),
-        "params_after": io.count_params(pruned),
-        "nonzero_params_after": io.count_nonzero_params(pruned),
-    }
-    step.update({k: v for k, v in plan.notes.items() if isinstance(k, str)})
-    return pruned, step, plan, analysis
+def _validation_source(validation_data, calib: Dataset | None) -> str:
+    if validation_data is not None:
+        return "given data"
+    return "calibration data" if calib is not None else "random inputs (seed 0)"
+
+
+def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers) -> dict:
+    return validate(source.reference, model, checks.feeds, checks.labels, list(providers), signature=source.signature)
 
 
 def _check_finite(plan: PruningPlan) -> None:
@@ -198,16 +318,9 @@ def _check_finite(plan: PruningPlan) -> None:
             )
 
 
-def _options_dict(options: PruneOptions) -> dict:
-    base = {k: getattr(options, k) for k in ("ratio", "round_to", "min_keep", "include", "exclude", "seed")}
-    base.update(options.extra)
-    return base
-
-
 def inspect_model(model: str | Path | onnx.ModelProto) -> tuple[Analysis, dict]:
     """Analysis of `model` plus totals (params, MACs, prunable share) for `onnxprune inspect`."""
-    loaded = io.load_model(model) if not isinstance(model, onnx.ModelProto) else copy.deepcopy(model)
-    loaded = PassManager([FOLD_CONSTANTS, CLEANUP]).run(loaded)
+    loaded = _prologue(_load(model))
     index = GraphIndex.build(loaded)
     analysis = analyze(index)
     params = io.count_params(loaded)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
+from . import io
 from .analysis import Analysis
-from .plan import PruningPlan
+from .plan import PruningPlan, jsonable
 
 
 def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict]:
@@ -26,26 +25,40 @@ def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict
             "macs": group.macs,
             "frozen": group.frozen,
         }
-        if plan and group.id in plan.notes:
-            row["notes"] = plan.notes[group.id]
+        if plan and group.id in plan.group_notes:
+            row["notes"] = plan.group_notes[group.id]
         rows.append(row)
     return rows
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+def build_report(
+    *, method: str, options, pipeline, before: dict, model, macs_after: int, steps: list[dict], validation,
+    validation_source: str | None, seconds: dict,
+) -> dict:  # fmt: skip
+    """The JSON report of a prune, built in one place: sizes before and after, per-step rows (the
+    groups of a single step at the top level), validation and timings."""
+    report = {
+        "method": method,
+        "options": {**options.as_dict(), **{k: v for k, v in vars(pipeline).items() if k != "progress"}},
+        "params_before": before["params"],
+        "params_after": io.count_params(model),
+        "nonzero_params_after": io.count_nonzero_params(model),
+        "macs_before": before["macs"],
+        "macs_after": macs_after,
+        "file_bytes_before": before["bytes"],
+        "file_bytes_after": model.ByteSize(),
+        "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
+        "steps": steps,
+    }
+    if validation is not None:
+        report["validation"] = validation
+        report["validation_source"] = validation_source
+    report["seconds"] = seconds
+    return report
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(_jsonable(report), indent=1))
+    Path(path).write_text(json.dumps(jsonable(report), indent=1))
 
 
 def summary_lines(report: dict) -> list[str]:

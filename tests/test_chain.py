@@ -20,7 +20,11 @@ def _outputs(model, data) -> np.ndarray:
 
 def test_magnitude_then_relief_reports_both_steps():
     result = prune(
-        "models/lenet5.onnx", "magnitude,relief", PruneOptions(ratio=0.25, extra={"alpha": 0.95}), CALIB, 100
+        "models/lenet5.onnx",
+        "magnitude,relief",
+        PruneOptions(ratio=0.25, extra={"alpha": 0.95}),
+        CALIB,
+        calib_samples=100,
     )
     steps = result.report["steps"]
     assert [s["method"] for s in steps] == ["magnitude", "relief"]
@@ -35,8 +39,12 @@ def test_magnitude_then_relief_reports_both_steps():
 
 def test_relief_then_wanda_prunes_the_relieved_model_further():
     data = load_dataset(CALIB, io.load_model("models/lenet5.onnx"), 100)
-    relief = prune("models/lenet5.onnx", "relief", PruneOptions(ratio=0.3, extra={"alpha": 0.95}), data, None)
-    chained = prune("models/lenet5.onnx", "relief,wanda", PruneOptions(ratio=0.3, extra={"alpha": 0.95}), data, None)
+    relief = prune(
+        "models/lenet5.onnx", "relief", PruneOptions(ratio=0.3, extra={"alpha": 0.95}), data, calib_samples=None
+    )
+    chained = prune(
+        "models/lenet5.onnx", "relief,wanda", PruneOptions(ratio=0.3, extra={"alpha": 0.95}), data, calib_samples=None
+    )
     steps = chained.report["steps"]
     assert [s["method"] for s in steps] == ["relief", "wanda"]
     # the first step is the relief run alone; the second starts from its model and changes it
@@ -67,7 +75,11 @@ def test_iterations_repeat_each_data_driven_step(tmp_path):
 def test_merge_lobs_relief_chain_reports_each_step():
     """The three families in one run: data-free merge, layer-wise OBS, relief."""
     result = prune(
-        "models/lenet5.onnx", "merge,lobs,relief", PruneOptions(ratio=0.3, extra={"alpha": 0.95}), CALIB, 100
+        "models/lenet5.onnx",
+        "merge,lobs,relief",
+        PruneOptions(ratio=0.3, extra={"alpha": 0.95}),
+        CALIB,
+        calib_samples=100,
     )
     steps = result.report["steps"]
     assert [s["method"] for s in steps] == ["merge", "lobs", "relief"]
@@ -80,7 +92,7 @@ def test_merge_lobs_relief_chain_reports_each_step():
 def test_merge_then_obs_removes_more_channels_and_each_step_is_reported():
     """`--method merge,obs`: merge removes near-duplicate neurons without data, then structured OBS removes
     and compensates a share of what is left; both steps are in the report and the model shrinks twice."""
-    result = prune("models/mlp.onnx", "merge,obs", PruneOptions(ratio=0.3), CALIB, 200)
+    result = prune("models/mlp.onnx", "merge,obs", PruneOptions(ratio=0.3), CALIB, calib_samples=200)
     steps = result.report["steps"]
     assert [s["method"] for s in steps] == ["merge", "obs"]
     assert result.report["params_before"] > steps[0]["params_after"] > steps[1]["params_after"]

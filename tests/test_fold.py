@@ -16,8 +16,8 @@ from graphs import Builder
 from onnxprune import runtime
 from onnxprune.graph import attributes
 from onnxprune.methods.merge import MERGE
+from onnxprune.passes import PASSES
 from onnxprune.passes.fold import fold
-from onnxprune.passes.registry import prepass
 from onnxprune.validate import random_feeds
 
 
@@ -131,4 +131,4 @@ def test_bn_on_rank3_matmul_is_left_alone():
 
 def test_fold_is_the_merge_prepass():
     assert MERGE.prepasses == ("fold",)
-    assert prepass("fold").run is fold
+    assert PASSES["fold"].run is fold

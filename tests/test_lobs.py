@@ -50,7 +50,7 @@ def _data(model: onnx.ModelProto, n: int, seed: int = 0) -> Dataset:
 def _options(ratio=0.5, **extra) -> PruneOptions:
     """Options of these tests: the per-layer allocation unless a test asks for another (the per-layer
     path is the one whose predicted errors and densities the tests check layer by layer)."""
-    extra = {"batch_size": 16, "max_positions": 0, "lobs_allocation": "layer", **extra}
+    extra = {"max_positions": 0, "lobs_allocation": "layer", **extra}
     return PruneOptions(ratio=ratio, extra=extra)
 
 
@@ -207,7 +207,7 @@ def test_sparse_storage_shrinks_the_file_and_onnxruntime_runs_it(tmp_path):
     model = _mlp(9, sizes=(16, 64, 32, 4))
     data = _data(model, 80)
     dense = prune(model, "lobs", _options(0.9), calibration=data, run_validation=False).model
-    sparse = prune(model, "lobs", _options(0.9, sparse_storage=True), calibration=data, run_validation=False).model
+    sparse = prune(model, "lobs", _options(0.9), calibration=data, run_validation=False, sparse_storage=True).model
     assert len(sparse.graph.sparse_initializer) >= 2
     assert sparse.ByteSize() < 0.6 * dense.ByteSize()
     onnx.checker.check_model(sparse)

@@ -17,7 +17,7 @@ from onnxprune.methods.lobs import with_updates
 
 
 def _options(ratio, **extra) -> PruneOptions:
-    return PruneOptions(ratio=ratio, extra={"batch_size": 16, "max_positions": 0, **extra})
+    return PruneOptions(ratio=ratio, extra={"max_positions": 0, **extra})
 
 
 def _data(model, n, seed=0) -> Dataset:

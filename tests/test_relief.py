@@ -321,9 +321,10 @@ def test_conv_masks_are_whole_kernels_and_iterations_are_reported():
     result = prune(
         "models/lenet5.onnx",
         "relief",
-        PruneOptions(extra={"alpha": 0.9, "iterations": 2}),
+        PruneOptions(extra={"alpha": 0.9}),
         calibration="models/digits_calib.npz",
         calib_samples=100,
+        iterations=2,
     )
     steps = result.report["steps"]
     assert [s["iteration"] for s in steps] == [1, 2]

@@ -32,10 +32,12 @@ class PruneOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, str):
-            if self.ratio != "auto":
-                raise OptionError(f"--ratio {self.ratio}: must be a number in [0, 1) or 'auto'")
-        elif not 0.0 <= float(self.ratio) < 1.0:
+        if isinstance(self.ratio, str) and self.ratio != "auto":
+            try:
+                object.__setattr__(self, "ratio", float(self.ratio))
+            except ValueError:
+                raise OptionError(f"--ratio {self.ratio}: not a number; give a fraction in [0, 1) or 'auto'") from None
+        if not isinstance(self.ratio, str) and not 0.0 <= float(self.ratio) < 1.0:
             raise OptionError(f"--ratio {self.ratio}: must be in [0, 1); 0.5 removes half of each group's channels")
         if self.round_to < 1:
             raise OptionError(f"--round-to {self.round_to}: must be a positive integer")
@@ -50,6 +52,11 @@ class PruneOptions:
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.extra.get(name, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option by name (the method-specific ones flattened in), for the report."""
+        common = {k: getattr(self, k) for k in ("ratio", "round_to", "min_keep", "include", "exclude", "seed")}
+        return {**common, **self.extra}
 
 
 @dataclass(frozen=True)

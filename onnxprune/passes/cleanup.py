@@ -12,10 +12,10 @@ def cleanup(model: onnx.ModelProto) -> PassResult:
     needed = {o.name for o in graph.output}
     kept_nodes = []
     for node in reversed(graph.node):
-        if any(out in needed for out in node.output if out) or _has_side_effects(node):
+        if any(out in needed for out in node.output if out):
             kept_nodes.append(node)
             needed.update(n for n in node.input if n)
-            needed.update(_subgraph_inputs(node))
+            needed.update(subgraph_inputs(node))
     kept_nodes.reverse()
     modified = len(kept_nodes) != len(graph.node)
     if modified:
@@ -35,18 +35,15 @@ def cleanup(model: onnx.ModelProto) -> PassResult:
     return PassResult(model, modified)
 
 
-def _has_side_effects(node: onnx.NodeProto) -> bool:
-    return False
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names read by the subgraphs (If/Loop/Scan bodies) of `node`, at any depth."""
     names: set[str] = set()
     for attr in node.attribute:
         graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
         for sub in graphs:
             for inner in sub.node:
                 names.update(inner.input)
-                names.update(_subgraph_inputs(inner))
+                names.update(subgraph_inputs(inner))
     return names
 
 

@@ -24,8 +24,7 @@ import onnx
 from ..graph import attributes
 from ..io import make_tensor, tensor_array
 from .base import Pass, PassResult
-from .cleanup import _subgraph_inputs
-from .registry import register_prepass
+from .cleanup import subgraph_inputs
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class _Model:
         self.uses: dict[str, int] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
         for node in self.graph.node:
-            for name in [*node.input, *_subgraph_inputs(node)]:
+            for name in [*node.input, *subgraph_inputs(node)]:
                 if name:
                     self.uses[name] = self.uses.get(name, 0) + 1
             for name in node.output:
@@ -306,4 +305,4 @@ def _drop_unused_initializers(m: _Model, candidates: set[str]) -> None:
         m.graph.initializer.extend(kept)
 
 
-FOLD = register_prepass(Pass("fold", fold))
+FOLD = Pass("fold", fold)

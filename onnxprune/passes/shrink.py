@@ -20,7 +20,8 @@ from .base import Pass, PassResult
 
 
 def shrink_pass(analysis: Analysis, plan: PruningPlan) -> Pass:
-    return Pass("shrink", lambda model: PassResult(shrink(model, analysis, plan), True))
+    """The shrink as a pass: it modifies the model when the plan removes or updates anything."""
+    return Pass("shrink", lambda model: PassResult(shrink(model, analysis, plan), bool(plan.removed or plan.updates)))
 
 
 def shrink(model: onnx.ModelProto, analysis: Analysis, plan: PruningPlan) -> onnx.ModelProto:

@@ -20,7 +20,6 @@ import onnx
 
 from ..io import make_tensor, tensor_array
 from .base import Pass, PassResult
-from .registry import register_prepass
 
 #: share of zeros from which an initializer is considered for sparse storage
 MIN_ZERO_SHARE = 0.5
@@ -69,4 +68,4 @@ def to_sparse(model: onnx.ModelProto) -> PassResult:
     return PassResult(model, True)
 
 
-SPARSE_STORAGE = register_prepass(Pass("sparse-storage", to_sparse))
+SPARSE_STORAGE = Pass("sparse-storage", to_sparse)
