@@ -123,13 +123,6 @@ class GraphIndex:
         shape = self.shapes.get(name)
         return None if shape is None else len(shape)
 
-    def static_dims(self, name: str) -> tuple[int, ...] | None:
-        """The shape of `name` if every dim is a known integer."""
-        shape = self.shapes.get(name)
-        if shape is None or any(not isinstance(d, int) for d in shape):
-            return None
-        return shape  # type: ignore[return-value]
-
     def node_consumers(self, name: str) -> list[onnx.NodeProto]:
         return [self.nodes[i] for i, _ in self.consumers.get(name, [])]
 
