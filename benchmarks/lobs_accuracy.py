@@ -39,9 +39,8 @@ import numpy as np
 from onnxprune import PruneOptions, prune
 from onnxprune.feeds import load_dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.hessian import find_layers
 from onnxprune.io import load_model
-from onnxprune.methods.lobs import with_updates
+from onnxprune.layers import obs_layers, with_updates
 from onnxprune.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +79,7 @@ def lobs_result(name: str, density: float, extra: dict):
 def layer_rows(name: str, density: float, variants: tuple[str, ...]) -> list[str]:
     """Per layer: its weights and the density each variant gave it (same overall density)."""
     index = GraphIndex.build(load_model(MODELS / f"{name}.onnx"))
-    sizes = {layer.node: layer.rows * layer.inputs for layer in find_layers(index)[0].values()}
+    sizes = {layer.node: layer.outputs * layer.inputs for layer in obs_layers(index)[0].values()}
     notes = [lobs_result(name, density, LOBS_VARIANTS[v]).report["steps"][0]["layers"] for v in variants]
     by_layer = [{n["layer"]: n["density"] for n in layers} for layers in notes]
     return [
@@ -92,7 +91,7 @@ def layer_rows(name: str, density: float, variants: tuple[str, ...]) -> list[str
 def magnitude_accuracy(model, test, density: float, scope: str) -> float:
     """Zero the smallest |w| (per layer or over all layers) of every Gemm/MatMul/Conv weight."""
     index = GraphIndex.build(model)
-    weights = {layer.weight: np.asarray(index.constant(layer.weight)) for layer in find_layers(index)[0].values()}
+    weights = {layer.weight: np.asarray(index.constant(layer.weight)) for layer in obs_layers(index)[0].values()}
     if scope == "global":
         everything = np.concatenate([np.abs(w).reshape(-1) for w in weights.values()])
         thresholds = dict.fromkeys(weights, _threshold(everything, density))

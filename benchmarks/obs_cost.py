@@ -90,12 +90,12 @@ def median(runs: list[dict]) -> dict:
 def memory_bound(model_path: Path, batch: int) -> dict:
     """MB of the model, of the consumer Hessians, and of one batch of exposed activations."""
     from onnxprune.graph import GraphIndex
-    from onnxprune.hessian import find_layers
     from onnxprune.io import load_model
+    from onnxprune.layers import obs_layers
 
     model = load_model(model_path)
     index = GraphIndex.build(model)
-    layers = [layer for layer in find_layers(index)[0].values() if layer.input not in index.input_names]
+    layers = [layer for layer in obs_layers(index)[0].values() if layer.input not in index.input_names]
     hessians = sum(layer.groups * layer.width**2 * 8 for layer in layers)
     activations = 0
     for name in {layer.input for layer in layers}:

@@ -38,7 +38,7 @@ import onnx
 from onnxprune import PruneOptions, io, prune, runtime
 from onnxprune.feeds import load_dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.methods.layer_view import find_layers
+from onnxprune.layers import masking_layers
 from onnxprune.validate import accuracy
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -58,7 +58,7 @@ def test_score(model: onnx.ModelProto, test) -> float:
 
 
 def weight_names(model: onnx.ModelProto) -> list[str]:
-    return list(dict.fromkeys(layer.weight for layer in find_layers(GraphIndex.build(model))))
+    return list(dict.fromkeys(layer.weight for layer in masking_layers(GraphIndex.build(model)).values()))
 
 
 def magnitude(model: onnx.ModelProto, ratio: float) -> onnx.ModelProto:

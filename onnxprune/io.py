@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +22,6 @@ from .errors import ModelLoadError, OutputPathError
 TWO_GB = 2**31 - 1
 #: metadata key under which load_model records the size of the source file(s); removed before saving.
 SOURCE_BYTES_KEY = "onnxprune.source_bytes"
-
-
-@dataclass(frozen=True)
-class FileSummary:
-    """Sizes of a model on disk and in parameters."""
-
-    path: str
-    file_bytes: int
-    params: int
 
 
 def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
@@ -271,7 +262,10 @@ def make_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+#: the floating-point ONNX element types (parameters, masks, calibration statistics)
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -279,7 +273,7 @@ def count_params(model: onnx.ModelProto) -> int:
     counts its full dense shape."""
     total = 0
     for tensor in model.graph.initializer:
-        if tensor.data_type in _FLOAT_TYPES:
+        if tensor.data_type in FLOAT_TYPES:
             total += int(np.prod(tensor.dims, dtype=np.int64))
     for sparse in model.graph.sparse_initializer:
         total += int(np.prod(sparse.dims, dtype=np.int64))
@@ -290,10 +284,30 @@ def count_nonzero_params(model: onnx.ModelProto) -> int:
     """Floating-point initializer elements that are not zero (what unstructured pruning leaves)."""
     total = 0
     for tensor in model.graph.initializer:
-        if tensor.data_type in _FLOAT_TYPES:
+        if tensor.data_type in FLOAT_TYPES:
             total += int(np.count_nonzero(tensor_array(tensor)))
     for sparse in model.graph.sparse_initializer:
         total += int(np.count_nonzero(tensor_array(sparse.values)))
+    return total
+
+
+def nonzero_params(
+    model: onnx.ModelProto, updates: Mapping[str, np.ndarray], removed: Mapping[str, Mapping[int, np.ndarray]]
+) -> int:
+    """Nonzero float weights `model` will hold with `updates` in place of its initializers and, per
+    initializer and axis, the positions True in `removed[name][axis]` deleted (a sparse initializer
+    counts its stored values)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in FLOAT_TYPES:
+            continue
+        value = updates.get(tensor.name)
+        value = tensor_array(tensor) if value is None else value
+        for axis, gone in removed.get(tensor.name, {}).items():
+            value = np.compress(~gone, value, axis=axis)
+        total += int(np.count_nonzero(value))
+    for sparse in model.graph.sparse_initializer:
+        total += int(np.prod(sparse.values.dims, dtype=np.int64))
     return total
 
 

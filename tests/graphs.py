@@ -253,12 +253,12 @@ def masked_model(model: onnx.ModelProto, analysis: Analysis, removed) -> onnx.Mo
 
 
 def layer_rows(model: onnx.ModelProto, feeds: dict, layer) -> np.ndarray:
-    """A hessian.Layer's pre-activation on `feeds`, in onnxruntime, as float64 rows [n, O]."""
+    """A layers.Layer's OBS pre-activation (obs_output) on `feeds`, in onnxruntime, as float64 rows [n, O]."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    exposed.graph.output.append(onnx.ValueInfoProto(name=layer.output))
+    exposed.graph.output.append(onnx.ValueInfoProto(name=layer.obs_output))
     z = runtime.run(runtime.session(exposed), feeds)[-1].astype(np.float64)
-    return np.moveaxis(z, 1, -1).reshape(-1, layer.rows) if z.ndim > 2 else z
+    return np.moveaxis(z, 1, -1).reshape(-1, layer.outputs) if z.ndim > 2 else z
 
 
 def run_session(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:

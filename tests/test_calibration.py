@@ -11,9 +11,9 @@ from graphs import Builder
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxprune import PruneOptions, prune, runtime
-from onnxprune.calibration import collect
 from onnxprune.errors import CalibrationError
 from onnxprune.feeds import Dataset, load_dataset
+from onnxprune.stats.collect import collect
 
 
 def _model() -> onnx.ModelProto:

@@ -11,19 +11,12 @@ from onnxprune import runtime
 from onnxprune.errors import CalibrationError
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.hessian import (
-    HessianSum,
-    LayerStats,
-    cholesky_inverse,
-    collect_hessians,
-    collect_stats,
-    find_layers,
-    inverse_and_root,
-    layer_error,
-    prepare,
-)
 from onnxprune.io import tensor_array
-from onnxprune.patches import patches
+from onnxprune.layers import obs_layers
+from onnxprune.stats import CollectSettings
+from onnxprune.stats.hessian import HessianSum, LayerStats, collect_stats, input_rows
+from onnxprune.stats.linalg import cholesky_inverse, inverse_and_root, layer_error, prepare
+from onnxprune.stats.patches import patches
 
 CONV_CASES = [
     # (spatial input, cin, cout, kernel, attributes)
@@ -36,6 +29,12 @@ CONV_CASES = [
     ((11,), 3, 5, (3,), {"pads": [2, 1], "strides": [2], "dilations": [2]}),
     ((10,), 4, 4, (5,), {"group": 2, "auto_pad": "SAME_UPPER"}),
 ]
+
+
+def _hessians(model, layers, data, **settings) -> dict[str, np.ndarray]:
+    """H of every layer's input on `model` (collect_stats without a reference)."""
+    stats = collect_stats(model, layers, data, None, CollectSettings(**settings))
+    return {name: s.hessian for name, s in stats.items()}
 
 
 def _conv_model(spatial, cin, cout, kernel, attrs, bias=True):
@@ -65,11 +64,11 @@ def test_patches_times_weights_reproduce_onnxruntime_conv(case):
     x = np.random.default_rng(0).standard_normal((2, cin, *spatial)).astype(np.float32)
     (y,) = runtime.run(runtime.session(model), {"x": x})
     index = GraphIndex.build(model)
-    layer = find_layers(index)[0]["conv"]
+    layer = obs_layers(index)[0]["conv"]
     w = index.constant(layer.weight).astype(np.float64)
     groups = layer.groups
     per = cout // groups
-    rows = patches(x.astype(np.float64), layer.conv, layer.kernel, groups)
+    rows = patches(x.astype(np.float64), layer.attrs, layer.kernel, groups)
     for g, p in enumerate(rows):
         expected = np.moveaxis(y[:, g * per : (g + 1) * per], 1, -1).reshape(-1, per)
         np.testing.assert_allclose(p @ w[g * per : (g + 1) * per].reshape(per, -1).T, expected, rtol=1e-4, atol=1e-4)
@@ -80,14 +79,14 @@ def test_patches_times_weights_reproduce_onnxruntime_conv(case):
 def test_sampled_patches_are_the_rows_of_all_patches_at_the_sampled_positions(case, gather_cost, monkeypatch):
     """Subsampling gives exactly the chosen rows, padding taps included, whether the patches are
     gathered from the unpadded input or cut from windows of the padded one."""
-    monkeypatch.setattr("onnxprune.patches.GATHER_COST", gather_cost)
+    monkeypatch.setattr("onnxprune.stats.patches.GATHER_COST", gather_cost)
     spatial, cin, cout, kernel, attrs = case
     model = _conv_model(spatial, cin, cout, kernel, attrs, bias=False)
-    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    layer = obs_layers(GraphIndex.build(model))[0]["conv"]
     x = np.random.default_rng(2).standard_normal((3, cin, *spatial))
-    every = patches(x, layer.conv, layer.kernel, layer.groups)
+    every = patches(x, layer.attrs, layer.kernel, layer.groups)
     count = len(every[0]) // 2
-    sampled = patches(x, layer.conv, layer.kernel, layer.groups, count, np.random.default_rng(7))
+    sampled = patches(x, layer.attrs, layer.kernel, layer.groups, count, np.random.default_rng(7))
     chosen = np.sort(np.random.default_rng(7).choice(len(every[0]), count, replace=False))
     for full, part in zip(every, sampled, strict=True):
         np.testing.assert_array_equal(part, full[chosen])
@@ -101,12 +100,12 @@ def test_conv_layer_matrix_gives_onnxruntime_output_with_bias(case):
     x = np.random.default_rng(1).standard_normal((3, cin, *spatial)).astype(np.float32)
     (y,) = runtime.run(runtime.session(model), {"x": x})
     index = GraphIndex.build(model)
-    layer = find_layers(index)[0]["conv"]
-    m = layer.matrix(index.constant(layer.weight), index.constant(layer.bias))
-    rows = layer.input_rows(x.astype(np.float64), None, np.random.default_rng(0))
+    layer = obs_layers(index)[0]["conv"]
+    m = layer.obs_matrix(index.constant(layer.weight), index.constant(layer.obs_bias))
+    rows = input_rows(layer, x.astype(np.float64), None, np.random.default_rng(0))
     per = cout // layer.groups
     for g, p in enumerate(rows):
-        z = np.hstack([p, np.ones((len(p), 1))]) @ m[layer.row_group == g].T
+        z = np.hstack([p, np.ones((len(p), 1))]) @ m[layer.output_group == g].T
         expected = np.moveaxis(y[:, g * per : (g + 1) * per], 1, -1).reshape(-1, per)
         np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
 
@@ -138,18 +137,18 @@ def _dense_model(kind: str):
 def test_dense_layer_matrix_reproduces_output_and_round_trips(kind):
     model = _dense_model(kind)
     index = GraphIndex.build(model)
-    layer = find_layers(index)[0]["layer"]
-    assert layer.bias is not None
+    layer = obs_layers(index)[0]["layer"]
+    assert layer.obs_bias is not None
     rng = np.random.default_rng(2)
     shape = {"gemm": (7, 6), "gemm_transA": (6, 7), "matmul3d": (3, 5, 6)}[kind]
     x = rng.standard_normal(shape).astype(np.float32)
     (y,) = runtime.run(runtime.session(model), {"x": x})
-    weight, bias = index.constant(layer.weight), index.constant(layer.bias)
-    m = layer.matrix(weight, bias)
-    (rows,) = layer.input_rows(x.astype(np.float64), None, rng)
+    weight, bias = index.constant(layer.weight), index.constant(layer.obs_bias)
+    m = layer.obs_matrix(weight, bias)
+    (rows,) = input_rows(layer, x.astype(np.float64), None, rng)
     z = np.hstack([rows, np.ones((len(rows), 1))]) @ m.T
-    np.testing.assert_allclose(z, y.reshape(-1, layer.rows), rtol=1e-4, atol=1e-4)
-    back_w, back_b = layer.unmatrix(m)
+    np.testing.assert_allclose(z, y.reshape(-1, layer.outputs), rtol=1e-4, atol=1e-4)
+    back_w, back_b = layer.from_obs_matrix(m)
     np.testing.assert_allclose(back_w, weight, rtol=1e-6)
     np.testing.assert_allclose(back_b, bias, rtol=1e-6)
 
@@ -157,21 +156,21 @@ def test_dense_layer_matrix_reproduces_output_and_round_trips(kind):
 def test_hessian_is_streamed_over_batches_and_equals_full_product():
     model = _dense_model("matmul3d")
     index = GraphIndex.build(model)
-    layer = find_layers(index)[0]["layer"]
+    layer = obs_layers(index)[0]["layer"]
     x = np.random.default_rng(4).standard_normal((11, 5, 6)).astype(np.float32)
     rows = np.hstack([x.reshape(-1, 6).astype(np.float64), np.ones((55, 1))])
     expected = rows.T @ rows / len(rows)
     for batch in (1, 4, 11):
-        h = collect_hessians(model, [layer], Dataset({"x": x}), batch_size=batch)["layer"]
+        h = _hessians(model, [layer], Dataset({"x": x}), batch_size=batch)["layer"]
         np.testing.assert_allclose(h[0], expected, rtol=1e-6, atol=1e-9)
 
 
 def test_position_subsampling_takes_a_random_subset_of_the_rows():
     model = _conv_model((8, 8), 3, 4, (3, 3), {"pads": [1, 1, 1, 1]})
-    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    layer = obs_layers(GraphIndex.build(model))[0]["conv"]
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
-    full = layer.input_rows(x, None, np.random.default_rng(0))[0]
-    sub = layer.input_rows(x, 20, np.random.default_rng(7))[0]
+    full = input_rows(layer, x, None, np.random.default_rng(0))[0]
+    sub = input_rows(layer, x, 20, np.random.default_rng(7))[0]
     assert sub.shape == (20, full.shape[1])
     matches = (np.abs(sub[:, None, :] - full[None]).max(axis=2) == 0).any(axis=1)
     assert matches.all()
@@ -224,14 +223,14 @@ def test_layer_error_equals_squared_output_difference():
 
 def test_paired_statistics_of_a_model_with_itself_are_all_the_hessian():
     model = _conv_model((6, 6), 3, 4, (3, 3), {"pads": [1, 1, 1, 1]})
-    layer = find_layers(GraphIndex.build(model))[0]["conv"]
+    layer = obs_layers(GraphIndex.build(model))[0]["conv"]
     data = Dataset({"x": np.random.default_rng(0).standard_normal((5, 3, 6, 6)).astype(np.float32)})
-    alone = collect_stats(model, [layer], data, batch_size=2)["conv"]
-    paired = collect_stats(model, [layer], data, reference=model, batch_size=2, max_positions=30)["conv"]
+    alone = collect_stats(model, [layer], data, settings=CollectSettings(batch_size=2))["conv"]
+    paired = collect_stats(model, [layer], data, model, CollectSettings(batch_size=2, max_positions=30))["conv"]
     assert isinstance(paired, LayerStats)
     np.testing.assert_allclose(paired.cross, paired.hessian, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(paired.reference, paired.hessian, rtol=1e-6, atol=1e-9)
-    full = collect_stats(model, [layer], data, reference=model, batch_size=2)["conv"]
+    full = collect_stats(model, [layer], data, model, CollectSettings(batch_size=2))["conv"]
     np.testing.assert_allclose(full.hessian, alone.hessian, rtol=1e-6, atol=1e-9)
 
 
@@ -247,9 +246,9 @@ def test_paired_statistics_see_the_other_weights():
     for tensor in other.graph.initializer:
         if tensor.name == "first.w":
             tensor.CopyFrom(onnx.numpy_helper.from_array(tensor_array(tensor) * 0.5, "first.w"))
-    layers = find_layers(GraphIndex.build(model))[0]
+    layers = obs_layers(GraphIndex.build(model))[0]
     data = Dataset({"x": np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)})
-    stats = collect_stats(other, [layers["second"]], data, reference=model, batch_size=4)["second"]
+    stats = collect_stats(other, [layers["second"]], data, model, CollectSettings(batch_size=4))["second"]
     hidden = layers["second"].input
     ref = np.hstack([runtime.run(runtime.session(_exposing(model, hidden)), data.feeds)[1], np.ones((9, 1))])
     mine = np.hstack([runtime.run(runtime.session(_exposing(other, hidden)), data.feeds)[1], np.ones((9, 1))])
@@ -270,10 +269,10 @@ def test_collecting_non_finite_activations_is_an_error():
     y = b.gemm(b.node("Log", [x]), 3, 2, name="layer")
     b.output(y)
     model = b.model()
-    layer = find_layers(GraphIndex.build(model))[0]["layer"]
+    layer = obs_layers(GraphIndex.build(model))[0]["layer"]
     data = Dataset({"x": -np.ones((4, 3), dtype=np.float32)})
     with pytest.raises(CalibrationError, match="NaN"):
-        collect_hessians(model, [layer], data)
+        _hessians(model, [layer], data)
 
 
 def test_layers_with_shared_or_dynamic_weights_are_skipped_with_a_reason():
@@ -283,7 +282,7 @@ def test_layers_with_shared_or_dynamic_weights_are_skipped_with_a_reason():
     y = b.node("MatMul", [b.node("MatMul", [x, w], name="a"), w], name="b")
     z = b.node("MatMul", [y, b.input("dynamic", [4, 4])], name="c")
     b.output(z)
-    layers, skipped = find_layers(GraphIndex.build(b.model()))
+    layers, skipped = obs_layers(GraphIndex.build(b.model()))
     assert layers == {}
     assert "shared" in skipped["a"] and "shared" in skipped["b"] and "not a constant" in skipped["c"]
 

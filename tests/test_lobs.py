@@ -14,10 +14,13 @@ from onnxprune.cli import main
 from onnxprune.errors import CalibrationError, OptionError, ValidationError
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.hessian import collect_hessians, find_layers
 from onnxprune.io import load_model, save_model
+from onnxprune.layers import layer_weights, obs_layers, with_updates
 from onnxprune.methods import lobs
-from onnxprune.methods.lobs import Settings, prune_layer, with_updates
+from onnxprune.methods.lobs import trace_layer
+from onnxprune.methods.obs_settings import Settings
+from onnxprune.stats import CollectSettings, LayerStats, collect_stats
+from onnxprune.stats.hessian import input_rows
 
 
 def _mlp(seed: int = 0, sizes=(8, 12, 10, 3)) -> onnx.ModelProto:
@@ -55,10 +58,16 @@ def _options(ratio=0.5, **extra) -> PruneOptions:
 
 
 def _layer_and_hessian(model, data, name):
-    layer = find_layers(GraphIndex.build(model))[0][name]
-    h = collect_hessians(model, [layer], data, batch_size=16)[name]
+    layer = obs_layers(GraphIndex.build(model))[0][name]
+    h = collect_stats(model, [layer], data, None, CollectSettings(batch_size=16))[name].hessian
     index = GraphIndex.build(model)
-    return layer, h, lobs.layer_weights(index, layer)
+    return layer, h, layer_weights(index, layer)
+
+
+def prune_layer(layer, m0, h, settings: Settings):
+    """One layer alone pruned to settings.ratio of its weights (or --max-layer-error), from its H."""
+    trace = trace_layer(layer, m0, LayerStats(np.asarray(h, dtype=np.float64)), settings)
+    return trace.finish(trace.count_for(settings.ratio, settings.max_error))
 
 
 def _rows(model, data, layer):
@@ -67,15 +76,15 @@ def _rows(model, data, layer):
     exposed.CopyFrom(model)
     exposed.graph.output.append(onnx.ValueInfoProto(name=layer.input))
     x = runtime.run(runtime.session(exposed), data.feeds)[-1].astype(np.float64)
-    (rows,) = layer.input_rows(x, None, np.random.default_rng(0))
-    return np.hstack([rows, np.ones((len(rows), 1))]) if layer.bias else rows
+    (rows,) = input_rows(layer, x, None, np.random.default_rng(0))
+    return np.hstack([rows, np.ones((len(rows), 1))]) if layer.obs_bias else rows
 
 
 def test_removing_one_weight_gives_the_least_squares_optimum_for_its_mask():
     model = _mlp(1)
     data = _data(model, 64)
     layer, h, m0 = _layer_and_hessian(model, data, "fc1")
-    settings = Settings(ratio=1.5 / (layer.rows * layer.inputs), damping=0.0)
+    settings = Settings(ratio=1.5 / (layer.outputs * layer.inputs), damping=0.0)
     out = prune_layer(layer, m0, h, settings)
     changed = np.flatnonzero(np.any(out.matrix != m0, axis=1))
     assert len(changed) == 1
@@ -101,15 +110,15 @@ def test_measured_error_equals_onnxruntime_and_exact_prediction_is_exact(mode, n
     data = _data(model, 64)  # more samples than the fc layer's 46 inputs: H is nonsingular
     result = prune(model, "lobs", _options(0.6, lobs_mode=mode, damping=0.0), calibration=data, run_validation=False)
     note = next(n for n in result.report["steps"][0]["layers"] if n["layer"] == name)
-    layer = find_layers(GraphIndex.build(model))[0][name]
-    only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.bias)}
+    layer = obs_layers(GraphIndex.build(model))[0][name]
+    only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.obs_bias)}
     z0 = layer_rows(model, data.feeds, layer)
     z1 = layer_rows(with_updates(model, only), data.feeds, layer)
     measured = 0.5 * ((z1 - z0) ** 2).sum() / len(z0)
     assert note["measured_error"] == pytest.approx(measured, rel=2e-4, abs=1e-9)
     if mode == "exact":
         assert note["predicted_error"] == pytest.approx(note["measured_error"], rel=1e-5, abs=1e-9)
-    size = layer.rows * layer.inputs
+    size = layer.outputs * layer.inputs
     assert note["density"] == pytest.approx(1 - math.floor(0.6 * size + 1e-9) / size)
 
 
@@ -145,7 +154,7 @@ def test_global_allocation_keeps_the_overall_density_and_prefers_small_relative_
     data = _data(model, 24)
     result = prune(model, "lobs", _options(0.8, lobs_allocation="global"), calibration=data, run_validation=False)
     step = result.report["steps"][0]
-    sizes = {layer.node: layer.rows * layer.inputs for layer in find_layers(GraphIndex.build(model))[0].values()}
+    sizes = {layer.node: layer.outputs * layer.inputs for layer in obs_layers(GraphIndex.build(model))[0].values()}
     kept = sum(n["density"] * sizes[n["layer"]] for n in step["layers"])
     assert kept == pytest.approx(0.2 * sum(sizes.values()), abs=1.0)
     densities = {n["layer"]: n["density"] for n in step["layers"]}
@@ -187,7 +196,7 @@ def test_sequential_errors_are_measured_against_the_original_outputs():
     step = result.report["steps"][0]
     assert step["statistics_passes"] == 3
     pruned_same_shape = with_updates(model, result.plans[0].updates)
-    layers = find_layers(GraphIndex.build(model))[0]
+    layers = obs_layers(GraphIndex.build(model))[0]
     for note in step["layers"]:
         layer = layers[note["layer"]]
         z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(pruned_same_shape, data.feeds, layer)

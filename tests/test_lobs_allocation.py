@@ -14,11 +14,11 @@ from onnxprune import PruneOptions, prune, runtime
 from onnxprune.cli import main
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.hessian import find_layers
 from onnxprune.io import save_model
-from onnxprune.methods.lobs import with_updates
-from onnxprune.methods.lobs_allocation import Curve, OutputProbe, grid_counts, hull_allocation, lower_hull
+from onnxprune.layers import obs_layers, with_updates
+from onnxprune.methods.lobs_allocation import Curve, grid_counts, hull_allocation, lower_hull
 from onnxprune.methods.lobs_bn import batchnorm_view, model_values, view_weights
+from onnxprune.stats import OutputProbe
 
 
 def _interpolate(curve: Curve, k: float) -> float:
@@ -103,16 +103,16 @@ def _tensor(model: onnx.ModelProto, data: Dataset, name: str) -> np.ndarray:
 def test_batchnorm_view_round_trip_and_virtual_bias_goes_into_the_mean():
     model = _bn_net(1)
     index = GraphIndex.build(model)
-    layer = find_layers(index)[0]["conv1"]
+    layer = obs_layers(index)[0]["conv1"]
     view = batchnorm_view(index, layer)
-    assert view.mean == "bn1.mean" and view.layer.bias == "bn1.mean" and view.layer.width == layer.width + 1
+    assert view.mean == "bn1.mean" and view.layer.obs_bias == "bn1.mean" and view.layer.width == layer.width + 1
     m = np.asarray(index.constant("conv1.w"), dtype=np.float64).reshape(4, -1)
     scaled = view_weights(view, m)
     scaled[:, -1] = [1.0, -2.0, 0.5, 0.0]
     back, mean = model_values(view, scaled, index.constant("bn1.mean"))
     np.testing.assert_allclose(back, m)
     np.testing.assert_allclose(mean, index.constant("bn1.mean") - scaled[:, -1] / view.scale)
-    assert batchnorm_view(index, find_layers(index)[0]["fc"]).scale is None  # no BN after the Gemm
+    assert batchnorm_view(index, obs_layers(index)[0]["fc"]).scale is None  # no BN after the Gemm
 
 
 def _post_bn_error(model, pruned, data, bn_output):
@@ -169,7 +169,7 @@ def test_output_allocation_keeps_the_overall_density(sequential):
     extra = {"max_positions": 0, "lobs_allocation": "output", "allocation_samples": 8, "sequential": sequential}
     result = prune(model, "lobs", PruneOptions(ratio=0.8, extra=extra), calibration=data, run_validation=False)
     step = result.report["steps"][0]
-    sizes = {layer.node: layer.rows * layer.inputs for layer in find_layers(GraphIndex.build(model))[0].values()}
+    sizes = {layer.node: layer.outputs * layer.inputs for layer in obs_layers(GraphIndex.build(model))[0].values()}
     kept = sum(n["density"] * sizes[n["layer"]] for n in step["layers"])
     assert kept == pytest.approx(0.2 * sum(sizes.values()), abs=1.0)
     assert step["lobs_allocation"] == "output"

@@ -11,9 +11,8 @@ from onnxprune import PruneOptions, prune, runtime
 from onnxprune.cli import main
 from onnxprune.feeds import Dataset, load_dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.hessian import find_layers
 from onnxprune.io import load_model, save_model
-from onnxprune.methods.lobs import with_updates
+from onnxprune.layers import obs_layers, with_updates
 
 
 def _options(ratio, **extra) -> PruneOptions:
@@ -122,12 +121,12 @@ def test_predicted_costs_equal_measured_errors_for_conv_and_flatten_blocks():
     model = _flatten_net(1)
     data = _data(model, 80)  # 80 samples > 37 fc inputs: every Hessian is nonsingular
     result = prune(model, "obs", _options(0.5, damping=0.0, obs_step_size=1), calibration=data, run_validation=False)
-    layers = find_layers(GraphIndex.build(model))[0]
+    layers = obs_layers(GraphIndex.build(model))[0]
     notes = {n["layer"]: n for n in result.report["steps"][0]["layers"]}
     assert set(notes) == {"conv1", "fc"}
     for name, note in notes.items():
         layer = layers[name]
-        only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.bias)}
+        only = {k: v for k, v in result.plans[0].updates.items() if k in (layer.weight, layer.obs_bias)}
         z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(with_updates(model, only), data.feeds, layer)
         measured = 0.5 * ((z1 - z0) ** 2).sum() / len(z0)
         assert note["measured_error"] == pytest.approx(measured, rel=1e-3, abs=1e-9)
@@ -184,7 +183,7 @@ def test_sequential_obs_measures_against_the_original_outputs():
     step = result.report["steps"][0]
     assert step["statistics_passes"] == 2
     same_shape = with_updates(model, result.plans[0].updates)
-    layers = find_layers(GraphIndex.build(model))[0]
+    layers = obs_layers(GraphIndex.build(model))[0]
     for note in step["layers"]:
         layer = layers[note["layer"]]
         z0, z1 = layer_rows(model, data.feeds, layer), layer_rows(same_shape, data.feeds, layer)

@@ -18,11 +18,11 @@ from onnxprune.analysis import analyze
 from onnxprune.errors import CalibrationError, OptionError
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
-from onnxprune.methods.activity import layer_statistics
+from onnxprune.layers import Workspace, affine, masking_layers
 from onnxprune.methods.base import MethodContext
-from onnxprune.methods.layer_view import Workspace, affine, find_layers
 from onnxprune.methods.neurons import silent_exits
 from onnxprune.methods.relief import RELIEF, alpha_keep, relief_scores
+from onnxprune.stats import CollectSettings, layer_statistics
 
 
 def context(model, feeds: dict, **extra) -> MethodContext:
@@ -32,8 +32,8 @@ def context(model, feeds: dict, **extra) -> MethodContext:
 
 def scores_of(model, feeds: dict, node: str):
     ctx = context(model, feeds)
-    layer = next(layer for layer in find_layers(ctx.index) if layer.node == node)
-    stats = layer_statistics(ctx, [layer], with_relief=True)[layer.node]
+    layer = masking_layers(ctx.index)[node]
+    stats = layer_statistics(ctx.model, ctx.calibration, [layer], CollectSettings(), relief_weights=ctx.index)[node]
     space = Workspace(ctx.index)
     scale, shift = affine(layer, space)
     return relief_scores(layer, space.get(layer.weight), stats, scale, shift)
@@ -101,7 +101,7 @@ def test_conv_scores_match_hand_computation(pads, strides):
 
 
 def test_conv_statistics_do_not_depend_on_the_chunk_size(monkeypatch):
-    from onnxprune.methods import activity
+    from onnxprune.stats import activity
 
     g = Builder(seed=12)
     g.input("x", ["N", 3, 6, 6])
@@ -125,10 +125,10 @@ def test_affine_tail_matches_onnxruntime(kind):
     model = g.model()
     x = rng.standard_normal((6, 4)).astype(np.float32)
     ctx = context(model, {"x": x})
-    layer = next(layer for layer in find_layers(ctx.index) if layer.node == "fc")
+    layer = masking_layers(ctx.index)["fc"]
     space = Workspace(ctx.index)
     scale, shift = affine(layer, space)
-    product = layer.matrix(space.get(layer.weight))[:, :, 0] @ x.T.astype(np.float64)  # [O, N]
+    product = layer.oik(space.get(layer.weight))[:, :, 0] @ x.T.astype(np.float64)  # [O, N]
     np.testing.assert_allclose(run(model, {"x": x})[0], (scale[:, None] * product + shift[:, None]).T, rtol=1e-5)
 
 

@@ -12,9 +12,9 @@ from onnx import numpy_helper
 
 from onnxprune import PruneOptions, prune, runtime
 from onnxprune.analysis import analyze
-from onnxprune.calibration import with_outputs
 from onnxprune.errors import OptionError
 from onnxprune.graph import GraphIndex
+from onnxprune.stats.collect import with_outputs
 
 
 def _activations(model, feeds: dict, names: list[str]) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import GraphIndex
-from .layer_view import Layer, Workspace, add_to_shift
+from ..layers import Layer, Workspace, add_to_shift
 
 
 def contribution(layer: Layer, weight: np.ndarray, positions: np.ndarray, values: np.ndarray, index: GraphIndex):
@@ -30,7 +30,7 @@ def contribution(layer: Layer, weight: np.ndarray, positions: np.ndarray, values
     dense layer, one spatial map per position ([len(positions), *spatial]) for a Conv.
     """
     values = np.asarray(values, dtype=np.float64)
-    matrix = layer.matrix(np.asarray(weight, dtype=np.float64))[:, positions, :]  # [O, P, K]
+    matrix = layer.oik(np.asarray(weight, dtype=np.float64))[:, positions, :]  # [O, P, K]
     if not values.size or not np.any(values) or not np.any(matrix):
         return np.zeros(layer.outputs)
     if not layer.is_conv:

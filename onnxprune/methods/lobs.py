@@ -1,7 +1,7 @@
 """Layer-wise Optimal Brain Surgeon, unstructured (`--method lobs`).
 
 Every Gemm/MatMul/Conv weight W~ = [W, b] of the model is pruned on its own, against its input Hessian
-H = (1/n) sum x~ x~^T (onnxprune.hessian), for the layer error E = 1/(2n) ||X~ dW~^T||^2. Removing
+H = (1/n) sum x~ x~^T (onnxprune.stats.hessian), for the layer error E = 1/(2n) ||X~ dW~^T||^2. Removing
 weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
 
     L_q = w_q^2 / (2 [H^-1]_ii),     W[r, :] -= (w_q / [H^-1]_ii) H^-1[i, :]     (only row r changes).
@@ -54,89 +54,25 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
-from ..errors import OptionError, ValidationError
+from ..errors import ValidationError
 from ..graph import GraphIndex
-from ..hessian import Layer, LayerStats, collect_stats, find_layers, prepare, select_layers
-from ..io import make_tensor
+from ..layers import Layer, layer_weights, obs_layers, select, write_layer
 from ..plan import PruningPlan
-from .base import Method, MethodContext, PruneOptions
-from .lobs_allocation import Curve, OutputProbe, grid_counts, hull_allocation, output_curves
+from ..stats import LayerStats, OutputProbe, collect_on_updated, layer_waves
+from ..stats.linalg import prepare
+from .base import Method, MethodContext
+from .lobs_allocation import Curve, grid_counts, hull_allocation, output_curves
 from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
+from .obs_settings import Settings
 from .options import MethodOption
 from .select import repair_empty
 
-MODES = ("exact", "faithful")
-ALLOCATIONS = ("layer", "global", "output")
-BATCHNORM = ("absorb", "ignore")
 #: memory for the per-row inverse Hessians of one chunk of rows in exact mode
 CHUNK_BYTES = 8 * 2**20
 #: compact the per-row inverses once the live columns fall below this share of their width
 COMPACT_AT = 0.85
 _TINY = 1e-300
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The options of the OBS methods, checked."""
-
-    ratio: float | None
-    mode: str = "exact"
-    allocation: str = "global"
-    max_error: float | None = None
-    damping: float = 0.01
-    sequential: bool = False
-    max_positions: int | None = 4096
-    batch_size: int = 32
-    progress: bool = False
-    seed: int = 0
-    batchnorm: str = "absorb"
-    allocation_samples: int | None = None
-
-    @classmethod
-    def from_options(cls, options: PruneOptions, method: str) -> Settings:
-        mode = str(options.get("lobs_mode", "exact") or "exact")
-        if mode not in MODES:
-            raise OptionError(f"--lobs-mode {mode}: unknown; use one of {', '.join(MODES)}")
-        allocation = str(options.get("lobs_allocation", "global") or "global")
-        if allocation not in ALLOCATIONS:
-            raise OptionError(f"--lobs-allocation {allocation}: unknown; use one of {', '.join(ALLOCATIONS)}")
-        max_error = options.get("max_layer_error")
-        if max_error is not None and not float(max_error) > 0:
-            raise OptionError(f"--max-layer-error {max_error}: must be a positive fraction of the output energy")
-        ratio = None if options.ratio == "auto" else float(options.ratio)
-        if ratio is None and (method != "lobs" or max_error is None):
-            raise OptionError(f"--ratio auto: {method} needs a number (or, for lobs, --max-layer-error)")
-        damping = float(options.get("damping", 0.01))
-        if not damping >= 0:
-            raise OptionError(f"--damping {damping}: must be >= 0 (0.01 is the usual value)")
-        positions = int(options.get("max_positions", 4096) or 0)
-        if positions < 0:
-            raise OptionError(f"--max-positions {positions}: must be >= 0 (0 uses every position)")
-        batch = int(options.get("batch_size", 32) or 32)
-        if batch < 1:
-            raise OptionError(f"--batch-size {batch}: must be at least 1")
-        batchnorm = str(options.get("lobs_batchnorm", "absorb") or "absorb")
-        if batchnorm not in BATCHNORM:
-            raise OptionError(f"--lobs-batchnorm {batchnorm}: unknown; use one of {', '.join(BATCHNORM)}")
-        samples = int(options.get("allocation_samples", 0) or 0)
-        if samples < 0:
-            raise OptionError(f"--allocation-samples {samples}: must be >= 0 (0, the default, uses every sample)")
-        return cls(
-            ratio,
-            mode,
-            allocation,
-            None if max_error is None else float(max_error),
-            damping,
-            bool(options.get("sequential", False)),
-            positions or None,
-            batch,
-            bool(options.get("progress", False)),
-            int(options.seed),
-            batchnorm,
-            samples or None,
-        )
 
 
 @dataclass(frozen=True)
@@ -187,11 +123,11 @@ class LayerTrace:
         """Removals for a share `ratio` of the weights, or within `max_error` x the output energy."""
         if max_error is not None:
             return int(np.searchsorted(self.cumulative, max_error * self.energy, side="right"))
-        return min(len(self.sequence), math.floor(ratio * self.layer.rows * self.layer.inputs + 1e-9))
+        return min(len(self.sequence), math.floor(ratio * self.layer.outputs * self.layer.inputs + 1e-9))
 
     def finish(self, count: int) -> LayerOutcome:
         """Apply the first `count` removals: W~, predicted and measured error."""
-        groups = self.layer.row_group
+        groups = self.layer.output_group
         if self.mode == "exact":
             new = _exact_rows(self, count)
         else:
@@ -209,13 +145,13 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
     (--sequential), the rows first move to w* = H^-1 C w, the best dense weights for the original
     output, and are pruned from there."""
     prep = prepare(stats.hessian, settings.damping)
-    groups = layer.row_group
+    groups = layer.output_group
     m0 = np.asarray(m0, dtype=np.float64)
     m = stats.target(m0, prep.inverse, groups)
     m[prep.dead[groups]] = 0.0  # inputs that are always zero: their weights go
     base = stats.error(m, m0, groups) if stats.cross is not None else 0.0
     candidates = np.ones(layer.width, dtype=bool)
-    if layer.bias:
+    if layer.obs_bias:
         candidates[-1] = False
     if settings.mode == "exact":
         order, losses = _obc_traces(m, prep.inverse, groups, candidates)
@@ -236,19 +172,11 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
     )  # fmt: skip
 
 
-def prune_layer(layer: Layer, m0: np.ndarray, h: np.ndarray | LayerStats, settings: Settings) -> LayerOutcome:
-    """Prune one layer to `settings.ratio` of its weights removed (or `--max-layer-error`); `h` is the
-    input Hessian [groups, width, width] or the full statistics."""
-    stats = h if isinstance(h, LayerStats) else LayerStats(np.asarray(h, dtype=np.float64))
-    trace = trace_layer(layer, m0, stats, settings)
-    return trace.finish(trace.count_for(settings.ratio, settings.max_error))
-
-
 def global_counts(traces: list[LayerTrace], ratio: float) -> list[int]:
     """Removals per layer so that `ratio` of all their weights go where the *relative* predicted
     error (error / output energy) stays lowest: one common tolerance for every layer."""
     relative = [t.cumulative / max(t.energy, _TINY) for t in traces]
-    total = math.floor(ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
+    total = math.floor(ratio * sum(t.layer.outputs * t.layer.inputs for t in traces) + 1e-9)
     owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(relative)] + [np.zeros(0, int)])
     values = np.concatenate(relative + [np.zeros(0)])
     chosen = owner[np.argsort(values, kind="stable")[:total]]
@@ -260,7 +188,7 @@ def _exact_rows(trace: LayerTrace, count: int) -> np.ndarray:
     m, width = trace.start, trace.start.shape[1]
     new = np.array(m)
     rows, columns = np.divmod(trace.sequence[:count], width)
-    groups = trace.layer.row_group
+    groups = trace.layer.output_group
     for r in np.unique(rows):
         keep = np.ones(width, dtype=bool)
         keep[columns[rows == r]] = False
@@ -327,7 +255,7 @@ def _faithful_rows(trace: LayerTrace, count: int) -> np.ndarray:
     rank = np.empty(count, dtype=np.int64)
     rank[by_row] = np.arange(count) - first
     removed = np.zeros(new.shape, dtype=bool)
-    groups = trace.layer.row_group
+    groups = trace.layer.output_group
     for t in range(int(rank.max(initial=-1)) + 1):
         pick = rank == t
         r, q = rows[pick], columns[pick]
@@ -339,55 +267,6 @@ def _faithful_rows(trace: LayerTrace, count: int) -> np.ndarray:
 
 
 # ---- the method --------------------------------------------------------------------------------
-def layer_waves(index: GraphIndex, layers: list[Layer]) -> list[list[Layer]]:
-    """Layers in waves: a layer's input depends only on layers of earlier waves (depth = 1 + the
-    deepest layer upstream of its input)."""
-    by_node = {layer.node: layer for layer in layers}
-    up: dict[str, int] = {}
-    depth: dict[str, int] = {}
-    for node in index.nodes:
-        level = max((up.get(i, 0) for i in node.input if i), default=0)
-        if node.name in by_node:
-            depth[node.name] = 1 + up.get(by_node[node.name].input, 0)
-            level = max(level, depth[node.name])
-        for out in node.output:
-            up[out] = level
-    waves: dict[int, list[Layer]] = {}
-    for layer in layers:
-        waves.setdefault(depth[layer.node], []).append(layer)
-    return [waves[k] for k in sorted(waves)]
-
-
-def with_updates(model: onnx.ModelProto, updates: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose initializers named in `updates` hold the new values (same shapes)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for position, tensor in enumerate(copy.graph.initializer):
-        if tensor.name in updates:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            copy.graph.initializer[position].CopyFrom(make_tensor(updates[tensor.name].astype(dtype), tensor.name))
-    return copy
-
-
-def layer_weights(index: GraphIndex, layer: Layer) -> np.ndarray:
-    """W~ of `layer` as the model holds it."""
-    bias = index.constant(layer.bias) if layer.bias else None
-    return layer.matrix(index.constant(layer.weight), bias)
-
-
-def write_layer(index: GraphIndex, layer: Layer, m: np.ndarray, updates: dict[str, np.ndarray]) -> None:
-    """Put W~ = `m` back into `updates` at the initializers' shapes and dtypes; refuse non-finite."""
-    weight, bias = layer.unmatrix(m)
-    if not np.isfinite(m).all():
-        raise ValidationError(
-            f"layer '{layer.node}': the OBS update is not finite; nothing is written. "
-            "Use more calibration samples or a larger --damping"
-        )
-    updates[layer.weight] = weight.astype(index.constant(layer.weight).dtype)
-    if bias is not None:
-        updates[layer.bias] = bias.astype(index.constant(layer.bias).dtype)
-
-
 def zero_read_channels(ctx: MethodContext, updates: dict[str, np.ndarray]) -> set[int]:
     """Free channels that every consumer reads with all-zero weights: removing them changes nothing."""
     removed: set[int] = set()
@@ -409,8 +288,8 @@ def zero_read_channels(ctx: MethodContext, updates: dict[str, np.ndarray]) -> se
 
 def _decide(ctx: MethodContext) -> PruningPlan:
     settings = Settings.from_options(ctx.options, "lobs")
-    found, skipped = find_layers(ctx.index)
-    views = _views(ctx.index, select_layers(found, ctx.options.include, ctx.options.exclude), settings)
+    found, skipped = obs_layers(ctx.index)
+    views = _views(ctx.index, select(found.values(), ctx.options.include, ctx.options.exclude), settings)
     by_node = {view.node: view for view in views}
     waves = layer_waves(ctx.index, [v.layer for v in views]) if settings.sequential else [[v.layer for v in views]]
     spread = settings.allocation != "layer" and settings.max_error is None
@@ -472,28 +351,13 @@ def write_view(index: GraphIndex, view: LayerView, m: np.ndarray, updates: dict[
         updates[view.mean] = new_mean.reshape(mean.shape).astype(mean.dtype)
 
 
-def collect_on_updated(ctx: MethodContext, settings: Settings, layers: list[Layer], updates, description: str):
-    """Statistics of `layers` on ctx.model with `updates` applied; once there are updates, paired with
-    the original model's (the target of --sequential)."""
-    model = with_updates(ctx.model, updates) if updates else ctx.model
-    return collect_stats(
-        model,
-        layers,
-        ctx.calibration,
-        ctx.model if updates else None,
-        settings.batch_size,
-        ctx.providers,
-        settings.progress,
-        settings.max_positions,
-        settings.seed,
-        description,
-    )
-
-
 def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], updates, description: str):
     """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
     statistics are taken on the model with them applied, paired with the original model's."""
-    stats = collect_on_updated(ctx, settings, [v.layer for v in views], updates, description)
+    layers = [v.layer for v in views]
+    stats = collect_on_updated(
+        ctx.model, layers, ctx.calibration, updates, settings.collect(ctx.providers), description
+    )
     return [
         trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
         for v in views
@@ -525,7 +389,7 @@ class OutputAllocator(GlobalAllocator):
 
     def __init__(self, ctx: MethodContext, settings: Settings, views: list[LayerView]) -> None:
         super().__init__(ctx, settings, views)
-        names = [n for v in views for n in (v.model_layer.weight, v.model_layer.bias, v.mean) if n]
+        names = [n for v in views for n in (v.model_layer.weight, v.model_layer.obs_bias, v.mean) if n]
         data = ctx.calibration.take(settings.allocation_samples)
         self.probe = OutputProbe(ctx.model, names, data, settings.batch_size, ctx.providers)
         self.index, self.views = ctx.index, {v.node: v for v in views}
@@ -533,7 +397,7 @@ class OutputAllocator(GlobalAllocator):
         self.left = 0
 
     def start(self, traces: list[LayerTrace]) -> None:
-        self.left = math.floor(self.ratio * sum(t.layer.rows * t.layer.inputs for t in traces) + 1e-9)
+        self.left = math.floor(self.ratio * sum(t.layer.outputs * t.layer.inputs for t in traces) + 1e-9)
         self._measure(traces, {})
 
     def revise(self, traces: list[LayerTrace], updates: dict[str, np.ndarray]) -> None:
@@ -547,7 +411,7 @@ class OutputAllocator(GlobalAllocator):
 
     def _measure(self, traces: list[LayerTrace], base: dict[str, np.ndarray]) -> None:
         def grid(trace: LayerTrace) -> np.ndarray:
-            return grid_counts(trace.layer.rows * trace.layer.inputs, len(trace.sequence), self.ratio)
+            return grid_counts(trace.layer.outputs * trace.layer.inputs, len(trace.sequence), self.ratio)
 
         def overrides(trace: LayerTrace, count: int) -> dict[str, np.ndarray]:
             values = dict(base)
@@ -564,8 +428,8 @@ _ALLOCATORS = {"global": GlobalAllocator, "output": OutputAllocator}
 
 
 def _overall_density(outcomes: list[LayerOutcome]) -> float:
-    total = sum(o.layer.rows * o.layer.inputs for o in outcomes)
-    kept = sum(o.density * o.layer.rows * o.layer.inputs for o in outcomes)
+    total = sum(o.layer.outputs * o.layer.inputs for o in outcomes)
+    kept = sum(o.density * o.layer.outputs * o.layer.inputs for o in outcomes)
     return kept / total if total else 1.0
 
 

@@ -24,10 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
-from .. import runtime
-from ..feeds import Dataset
+from ..stats import OutputProbe
 
 #: densities of the grid: 2^(-j/2) down to a quarter of the target density (and the target itself)
 GRID_STEP = 2.0**-0.5
@@ -86,41 +84,6 @@ def hull_allocation(curves: Sequence[Curve], total: int) -> list[int]:
         counts[index] += take
         left -= take
     return counts
-
-
-class OutputProbe:
-    """The model's outputs on a few calibration samples with some initializers replaced: one session,
-    the initializers `names` made overridable (listed as graph inputs, fed when replaced)."""
-
-    def __init__(self, model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int, providers):
-        self.data, self.batch_size = data, max(1, batch_size)
-        self.session = runtime.session(_overridable(model, set(names)), list(providers), optimize=True)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.reference = self.outputs({})
-        self.energy = sum(float(np.sum(r * r)) for r in self.reference)
-
-    def outputs(self, overrides: dict[str, np.ndarray]) -> list[np.ndarray]:
-        parts = []
-        for batch in self.data.batches(self.batch_size):
-            feeds = {k: v for k, v in batch.items() if k in self.inputs}
-            parts.append(self.session.run(None, {**feeds, **overrides}))
-        values = [np.concatenate(column) for column in zip(*parts, strict=True)]
-        return [v.astype(np.float64) for v in values if v.dtype.kind == "f"]
-
-    def error(self, overrides: dict[str, np.ndarray]) -> float:
-        """sum ||Y - Y_ref||^2 / sum ||Y_ref||^2 over the float outputs."""
-        diff = sum(float(np.sum((y - r) ** 2)) for y, r in zip(self.outputs(overrides), self.reference, strict=True))
-        return diff / max(self.energy, np.finfo(float).tiny)
-
-
-def _overridable(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    listed = {i.name for i in copy.graph.input}
-    for tensor in copy.graph.initializer:
-        if tensor.name in names and tensor.name not in listed:
-            copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    return copy
 
 
 def output_curves(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..graph import GraphIndex, attributes
-from ..hessian import Layer
+from ..layers import Layer, following_batchnorm
 
 #: smallest gain kept, as a share of the layer's largest
 FLOOR = 1e-6
@@ -60,25 +60,20 @@ def batchnorm_view(index: GraphIndex, layer: Layer) -> LayerView:
         return plain_view(layer)
     gain = np.maximum(gain, FLOOR * gain.max())
     mean = bn.input[3]
-    if layer.bias or len(index.consumers.get(mean, [])) != 1:
+    if layer.obs_bias or len(index.consumers.get(mean, [])) != 1:
         return LayerView(layer, layer, gain)
-    return LayerView(replace(layer, bias=mean, bias_shape=(layer.rows,)), layer, gain, mean)
+    return LayerView(replace(layer, obs_bias=mean, obs_bias_shape=(layer.outputs,)), layer, gain, mean)
 
 
 def _following_batchnorm(index: GraphIndex, layer: Layer):
-    """The inference-mode BN with constant parameters that is the only reader of the layer's output, its
-    channel axis the layer's rows; None otherwise."""
-    users = index.consumers.get(layer.output, [])
-    if len(users) != 1 or users[0][1] != 0 or layer.output in index.output_names:
+    """layers.following_batchnorm of the OBS layer's output, in inference mode, its channel axis the
+    layer's rows; None otherwise."""
+    node = following_batchnorm(index, layer.obs_output)
+    if node is None or attributes(node).get("training_mode", 0):
         return None
-    node = index.nodes[users[0][0]]
-    if node.op_type != "BatchNormalization" or len(node.output) != 1 or attributes(node).get("training_mode", 0):
-        return None
-    if len(node.input) != 5 or not all(index.is_constant(name) for name in node.input[1:]):
-        return None
-    if layer.op_type != "Conv" and index.rank(layer.output) != 2:
+    if layer.op_type != "Conv" and index.rank(layer.obs_output) != 2:
         return None  # BN's channel axis 1 is the layer's rows only for [N, O]
-    if any(int(np.prod(index.shape(name) or (0,))) != layer.rows for name in node.input[1:]):
+    if any(int(np.prod(index.shape(name) or (0,))) != layer.outputs for name in node.input[1:]):
         return None
     return node
 

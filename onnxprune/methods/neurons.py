@@ -30,18 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .. import io
 from ..analysis import Analysis
 from ..graph import GraphIndex
-from ..io import make_tensor
+from ..layers import Layer, Workspace
 from ..plan import PruningPlan
-from .activity import Range, input_ranges
+from ..stats import CollectSettings, Range, input_ranges
 from .base import MethodContext
 from .bias_fold import contribution, fold, foldable
-from .layer_view import Layer, Workspace
 
 DEAD, NO_OUTGOING, NO_INCOMING = "dead", "no outgoing", "no incoming"
 _SELECTION_OPS = frozenset({"Shape", "Size", "Slice", "Gather", "Split"})
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def remove_neurons(ctx: MethodContext, space: Workspace, model: onnx.ModelProto,
     unsafe = silent_exits(ctx.index, ctx.analysis)
     channels = [ch for g in groups for ch in _channels(ctx.analysis, g) if ch.id not in unsafe]
     reads = {role.input: _read_axis(views.get(role.node)) for g in groups for role in g.consumers}
-    ranges = input_ranges(ctx, reads, model) if channels else {}
+    ranges = input_ranges(model, ctx.calibration, reads, activity_settings(ctx)) if channels else {}
     guard = _Guard(ctx.analysis, ctx.options.min_keep)
     removed, kept = {}, {}
     changed = True
@@ -221,28 +220,17 @@ def _ids(analysis: Analysis, name: str) -> set[int]:
     return set() if ids is None else set(np.unique(ids[ids >= 0]).tolist())
 
 
-def with_updates(model: onnx.ModelProto, updates: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose initializers named in `updates` hold the new values (same shapes)."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    for position, tensor in enumerate(result.graph.initializer):
-        if tensor.name in updates:
-            result.graph.initializer[position].CopyFrom(make_tensor(updates[tensor.name], tensor.name))
-    return result
-
-
 def nonzero_params(index: GraphIndex, analysis: Analysis, plan: PruningPlan) -> int:
     """Nonzero float weights the model will hold once `plan` is applied (masks and removed channels)."""
-    removed = plan.removed_mask(analysis.num_channels)
-    total = 0
-    for tensor in index.model.graph.initializer:
-        if tensor.data_type not in _FLOATS:
-            continue
-        value = plan.updates.get(tensor.name)
-        value = index.constant(tensor.name) if value is None else value
-        for axis, line in analysis.const_labels.get(tensor.name, {}).items():
-            value = np.compress(~removed[line], value, axis=axis)
-        total += int(np.count_nonzero(value))
-    for sparse in index.model.graph.sparse_initializer:
-        total += int(np.prod(sparse.values.dims, dtype=np.int64))
-    return total
+    gone = plan.removed_mask(analysis.num_channels)
+    removed = {name: {axis: gone[line] for axis, line in axes.items()} for name, axes in analysis.const_labels.items()}
+    return io.nonzero_params(index.model, plan.updates, removed)
+
+
+def activity_settings(ctx: MethodContext) -> CollectSettings:
+    """How relief's and wanda's activity passes run (--batch-size, --progress, the context's providers)."""
+    return CollectSettings(
+        batch_size=int(ctx.options.get("batch_size", 32) or 32),
+        providers=tuple(ctx.providers),
+        progress=bool(ctx.options.get("progress", False)),
+    )

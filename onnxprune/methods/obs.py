@@ -2,7 +2,7 @@
 
 Removing channel c of a group deletes, in every consumer layer k of the group, the block B of
 columns of W~_k that read c (one column per Gemm/MatMul input, kh*kw per Conv input channel, H*W after
-a Flatten). With H_k the consumer's input Hessian (onnxprune.hessian) and H^-1 its inverse, the least
+a Flatten). With H_k the consumer's input Hessian (onnxprune.stats.hessian) and H^-1 its inverse, the least
 layer error of that removal and the update that achieves it are (L-OBS algebra, per block)
 
     cost(c) = sum_k 1/2 tr( W_k[:, B] ([H_k^-1]_BB)^-1 W_k[:, B]^T )
@@ -19,7 +19,7 @@ greedy steps (MAX_HEAVY_STEPS for large groups): a step takes the cheapest chann
 the current costs and compensates them jointly with the same block formula; `--obs-step-size 1`
 forces one channel per step (the exact greedy).
 
-Consumers wider than hessian.PRECISE_WIDTH inputs keep H_0^-1, Q and the working W~ in float32
+Consumers wider than stats.linalg.PRECISE_WIDTH inputs keep H_0^-1, Q and the working W~ in float32
 (inverted by LAPACK spotri: half the time and memory traffic); the blocks [H_t^-1]_BB, their inverses
 and the costs are float64.
 
@@ -36,10 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import Group
-from ..hessian import PRECISE_WIDTH, Layer, LayerStats, find_layers, inverse_and_root, prepare
+from ..layers import Layer, layer_weights, obs_layers, write_layer
 from ..plan import PruningPlan
+from ..stats import LayerStats, collect_on_updated, layer_waves
+from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
-from .lobs import Settings, collect_on_updated, layer_waves, layer_weights, write_layer
+from .obs_settings import Settings
 from .options import MethodOption
 from .select import keep_count, repair_empty
 
@@ -78,7 +80,7 @@ class Consumer:
     @classmethod
     def start(cls, layer: Layer, m0: np.ndarray, stats: LayerStats, damping: float) -> Consumer:
         prep = prepare(stats.hessian, damping, single=layer.width > PRECISE_WIDTH, keep_hessian=False)
-        groups = layer.row_group
+        groups = layer.output_group
         m0 = np.asarray(m0, dtype=np.float64)
         m = stats.target(m0, prep.inverse, groups)
         m[prep.dead[groups]] = 0.0
@@ -166,7 +168,7 @@ class Consumer:
         self.diagonal -= np.einsum("nb,nb->n", factor, factor, dtype=np.float64)
 
     def note(self) -> dict:
-        groups = self.layer.row_group
+        groups = self.layer.output_group
         measured, energy = self.stats.error_and_energy(self.matrix, self.original, groups)
         return {
             "layer": self.layer.node,
@@ -246,7 +248,7 @@ def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> t
 def _decide(ctx: MethodContext) -> PruningPlan:
     settings = Settings.from_options(ctx.options, "obs")
     forced = int(ctx.options.get("obs_step_size", 0) or 0)
-    layers, _ = find_layers(ctx.index)
+    layers, _ = obs_layers(ctx.index)
     tasks, notes = [], {}
     for group in ctx.eligible_groups():
         task = _task(ctx, group, layers, settings.ratio)
@@ -266,7 +268,9 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         needed = [layers[n] for n in dict.fromkeys(n for t in wave for n in t.consumers) if n not in consumers]
         if needed:
             passes += 1
-            stats = collect_on_updated(ctx, settings, needed, updates, f"obs statistics {number + 1}/{len(waves)}")
+            collect = settings.collect(ctx.providers)
+            description = f"obs statistics {number + 1}/{len(waves)}"
+            stats = collect_on_updated(ctx.model, needed, ctx.calibration, updates, collect, description)
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)

@@ -36,11 +36,11 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import OptionError
+from ..layers import Layer, Workspace, add_to_shift, affine, masking_layers, select, with_updates, zero_shift
 from ..plan import PruningPlan
-from .activity import InputStats, layer_statistics
+from ..stats import InputStats, layer_statistics
 from .base import Method, MethodContext, PruneOptions
-from .layer_view import Layer, Workspace, add_to_shift, affine, find_layers, layers_by_node, zero_shift
-from .neurons import Removal, nonzero_params, remove_neurons, with_updates
+from .neurons import Removal, activity_settings, nonzero_params, remove_neurons
 from .options import MethodOption
 
 DEFAULT_ALPHA_FC, DEFAULT_ALPHA_CONV = 0.95, 0.9
@@ -77,7 +77,7 @@ def relief_scores(layer: Layer, weight: np.ndarray, stats: InputStats, scale, sh
     shift = np.abs(np.asarray(shift, dtype=np.float64))
     if layer.is_conv:
         return scale[:, None] * stats.kernel_relief, shift * np.sqrt(stats.positions)
-    matrix = np.abs(layer.matrix(np.asarray(weight, dtype=np.float64))[:, :, 0])
+    matrix = np.abs(layer.oik(np.asarray(weight, dtype=np.float64))[:, :, 0])
     return scale[:, None] * matrix * stats.abs_mean[None, :], shift
 
 
@@ -103,7 +103,7 @@ def _mask_layer(layer: Layer, space: Workspace, stats: InputStats, alpha: float,
     keep, keep_bias = alpha_keep(scores, bias, alpha)
     if compensate or not layer.tail.removable:
         keep_bias[:] = True
-    matrix = layer.matrix(weight)  # a view: the mask lands in the workspace
+    matrix = layer.oik(weight)  # a view: the mask lands in the workspace
     removed = matrix * ~keep[:, :, None]
     matrix -= removed
     drop_bias = ~keep_bias & (bias > 0)
@@ -120,13 +120,14 @@ def _mask_layer(layer: Layer, space: Workspace, stats: InputStats, alpha: float,
 
 def _decide(ctx: MethodContext) -> PruningPlan:
     alpha_fc, alpha_conv = alphas(ctx.options)
-    targets = find_layers(ctx.index, ctx.options.include, ctx.options.exclude)
+    views = masking_layers(ctx.index)
+    targets = select(views.values(), ctx.options.include, ctx.options.exclude)
     space = Workspace(ctx.index)
-    stats = layer_statistics(ctx, targets, with_relief=True)
+    stats = layer_statistics(ctx.model, ctx.calibration, targets, activity_settings(ctx), relief_weights=ctx.index)
     compensate = bool(ctx.options.get("relief_compensate", False))
     rows = [_mask_layer(t, space, stats[t.node], alpha_conv if t.is_conv else alpha_fc, compensate) for t in targets]
     masked = with_updates(ctx.model, space.changed())
-    removal = remove_neurons(ctx, space, masked, layers_by_node(ctx.index))
+    removal = remove_neurons(ctx, space, masked, views)
     plan = PruningPlan(frozenset(removal.removed), space.changed(), "relief")
     return replace(plan, notes=_notes(ctx, plan, removal, rows, (alpha_fc, alpha_conv)))
 

@@ -18,11 +18,11 @@ import math
 import numpy as np
 
 from ..errors import OptionError
+from ..layers import Workspace, masking_layers, select
 from ..plan import PruningPlan
-from .activity import layer_statistics
+from ..stats import layer_statistics
 from .base import Method, MethodContext
-from .layer_view import Workspace, find_layers, layers_by_node
-from .neurons import nonzero_params
+from .neurons import activity_settings, nonzero_params
 from .options import MethodOption
 from .select import lowest, repair_empty
 
@@ -45,11 +45,11 @@ def row_mask(scores: np.ndarray, ratio: float) -> np.ndarray:
 
 def _decide_unstructured(ctx: MethodContext) -> PruningPlan:
     ratio = _ratio(ctx)
-    targets = find_layers(ctx.index, ctx.options.include, ctx.options.exclude)
-    stats = layer_statistics(ctx, targets)
+    targets = select(masking_layers(ctx.index).values(), ctx.options.include, ctx.options.exclude)
+    stats = layer_statistics(ctx.model, ctx.calibration, targets, activity_settings(ctx))
     space, rows = Workspace(ctx.index), []
     for layer in targets:
-        matrix = layer.matrix(space.get(layer.weight))  # a view into the workspace
+        matrix = layer.oik(space.get(layer.weight))  # a view into the workspace
         scores = np.abs(matrix) * stats[layer.node].column_norms(layer)
         keep = row_mask(scores.reshape(len(scores), -1), ratio).reshape(matrix.shape)
         matrix *= keep
@@ -68,7 +68,7 @@ def channel_scores(ctx: MethodContext, group, views, stats) -> np.ndarray | None
         layer = views.get(role.node)
         if layer is None or role.node not in stats:
             continue
-        matrix = layer.matrix(np.asarray(ctx.index.constant(layer.weight), dtype=np.float64))
+        matrix = layer.oik(np.asarray(ctx.index.constant(layer.weight), dtype=np.float64))
         per_input = (np.abs(matrix) * stats[role.node].column_norms(layer)).sum(axis=(0, 2))  # [I]
         line = ctx.analysis.const_labels[role.weight][role.axis]
         mine = np.isin(line, group.free)
@@ -79,10 +79,10 @@ def channel_scores(ctx: MethodContext, group, views, stats) -> np.ndarray | None
 
 def _decide_structured(ctx: MethodContext) -> PruningPlan:
     ratio = _ratio(ctx)
-    views = layers_by_node(ctx.index)
+    views = masking_layers(ctx.index)
     groups = ctx.eligible_groups()
     readers = {role.node: views[role.node] for g in groups for role in g.consumers if role.node in views}
-    stats = layer_statistics(ctx, list(readers.values()))
+    stats = layer_statistics(ctx.model, ctx.calibration, list(readers.values()), activity_settings(ctx))
     removed, scores, notes, unscored = set(), {}, {}, []
     for group in groups:
         values = channel_scores(ctx, group, views, stats)

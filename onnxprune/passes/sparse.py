@@ -18,14 +18,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..io import make_tensor, tensor_array
+from ..io import FLOAT_TYPES, make_tensor, tensor_array
 from .base import Pass, PassResult
 
 #: share of zeros from which an initializer is considered for sparse storage
 MIN_ZERO_SHARE = 0.5
 #: initializers smaller than this stay dense (shape constants, tiny biases)
 MIN_ELEMENTS = 64
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 _INDEX_BYTES = 8
 
 
@@ -54,7 +53,7 @@ def to_sparse(model: onnx.ModelProto) -> PassResult:
     graph = model.graph
     dense, moved = [], []
     for tensor in graph.initializer:
-        if tensor.data_type in _FLOATS and tensor.data_type != onnx.TensorProto.BFLOAT16:
+        if tensor.data_type in FLOAT_TYPES and tensor.data_type != onnx.TensorProto.BFLOAT16:
             value = tensor_array(tensor)
             if worth_sparse(value):
                 moved.append(sparse_tensor(value, tensor.name))

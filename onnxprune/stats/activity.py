@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
-from ..calibration import collect
-from ..patches import conv_geometry, patches
-from .layer_view import Layer
+from ..feeds import Dataset
+from ..graph import GraphIndex
+from ..layers import Layer, conv_geometry
+from .collect import CollectSettings, collect
+from .patches import patches
 
 #: patch matrices and relief numerators hold at most about this many values per chunk of samples
 _CHUNK_VALUES = 1 << 22
@@ -51,7 +54,7 @@ class InputStats:
 
 
 def _per_entry(values: np.ndarray, layer: Layer) -> np.ndarray:
-    return values[layer.output_group()] if layer.is_conv else values[None, :, None]
+    return values[layer.output_group] if layer.is_conv else values[None, :, None]
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class _Dense:
 class _Conv:
     def __init__(self, layer: Layer, weight: np.ndarray | None) -> None:
         self.layer = layer
-        self.kernel_abs = None if weight is None else np.abs(layer.matrix(np.asarray(weight, dtype=np.float64)))
+        self.kernel_abs = None if weight is None else np.abs(layer.oik(np.asarray(weight, dtype=np.float64)))
         self.samples, self.positions, self.sum, self.sq_sum = 0, 1, 0.0, 0.0
         self.relief = None if weight is None else np.zeros(self.kernel_abs.shape[:2])
 
@@ -109,7 +112,7 @@ class _Conv:
 
     def _relief(self, g: int, cols: np.ndarray) -> None:
         """R[j, i] += sum_n sqrt(sum_p (sum_k |x[n, p, i, k]| |K[j, i, k]|)^2) for the outputs j of group g."""
-        outs = np.flatnonzero(self.layer.output_group() == g)
+        outs = np.flatnonzero(self.layer.output_group == g)
         weight = self.kernel_abs[outs]  # [Og, C/g, K]
         n, positions = cols.shape[:2]
         step = max(1, _CHUNK_VALUES // max(1, positions * len(outs)))
@@ -151,43 +154,51 @@ def _rows(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64, copy=False)
 
 
-def layer_statistics(ctx, layers: list[Layer], with_relief: bool = False, model=None) -> dict[str, InputStats]:
-    """Statistics of every layer's input in one pass over the calibration data of `ctx`.
+def layer_statistics(
+    model: onnx.ModelProto,
+    data: Dataset,
+    layers: list[Layer],
+    settings: CollectSettings,
+    relief_weights: GraphIndex | None = None,
+) -> dict[str, InputStats]:
+    """Statistics of every layer's input in one pass of `data` through `model`.
 
-    `with_relief` adds the Conv relief numerators (computed with each Conv's current weight). `model`
-    defaults to ctx.model.
+    With `relief_weights`, the Conv relief numerators are added, computed with each Conv's weight as
+    that index holds it.
     """
     accumulators = {}
     for layer in layers:
         if layer.is_conv:
-            weight = ctx.index.constant(layer.weight) if with_relief else None
+            weight = relief_weights.constant(layer.weight) if relief_weights is not None else None
             accumulators[layer.node] = _Conv(layer, weight)
         else:
             accumulators[layer.node] = _Dense(layer.feature_axis)
     by_tensor: dict[str, list] = {}
     for layer in layers:
         by_tensor.setdefault(layer.input, []).append(accumulators[layer.node])
-    _collect(ctx, model, by_tensor, "activity")
+    _collect(model, data, by_tensor, settings, "activity")
     return {node: acc.result() for node, acc in accumulators.items()}
 
 
-def input_ranges(ctx, reads: dict[str, int | None], model=None) -> dict[str, Range]:
+def input_ranges(
+    model: onnx.ModelProto, data: Dataset, reads: dict[str, int | None], settings: CollectSettings
+) -> dict[str, Range]:
     """Per-position min and max of each tensor in `reads` (name -> feature axis, or None for a Conv
     input: min/max over samples only, giving [C, *spatial])."""
     accumulators = {name: _Range(axis) for name, axis in reads.items()}
-    _collect(ctx, model, {name: [acc] for name, acc in accumulators.items()}, "ranges")
+    _collect(model, data, {name: [acc] for name, acc in accumulators.items()}, settings, "ranges")
     return {name: acc.result() for name, acc in accumulators.items()}
 
 
-def _collect(ctx, model, accumulators: dict[str, list], description: str) -> None:
+def _collect(model, data: Dataset, accumulators: dict[str, list], settings: CollectSettings, description: str) -> None:
     if not accumulators:
         return
     collect(
-        ctx.model if model is None else model,
-        ctx.calibration,
+        model,
+        data,
         accumulators,
-        batch_size=int(ctx.options.get("batch_size", 32) or 32),
-        providers=ctx.providers,
-        progress=bool(ctx.options.get("progress", False)),
+        batch_size=settings.batch_size,
+        providers=settings.providers,
+        progress=settings.progress,
         description=description,
     )

@@ -15,17 +15,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from . import runtime
-from .errors import CalibrationError
-from .feeds import Dataset
+from .. import runtime
+from ..errors import CalibrationError
+from ..feeds import Dataset
 
 log = logging.getLogger(__name__)
 
 Accumulator = Callable[[np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """How a statistics pass runs: samples per onnxruntime batch, execution providers, a progress bar,
+    and for the Hessian sums the rows sampled per batch and layer (None: all) and the sampling seed."""
+
+    batch_size: int = 32
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    progress: bool = False
+    max_positions: int | None = None
+    seed: int = 0
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

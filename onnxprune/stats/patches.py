@@ -8,35 +8,12 @@ follow the ONNX Conv definition.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..layers import conv_geometry
 
 #: a gathered patch value costs about this many copied input values (measured on 2 cores)
 GATHER_COST = 3
-
-
-def conv_geometry(attrs: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...]):
-    """(pads_begin, pads_end, strides, dilations) of a Conv, auto_pad resolved."""
-    dims = len(kernel)
-    strides = list(attrs.get("strides", [1] * dims))
-    dilations = list(attrs.get("dilations", [1] * dims))
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for size, k, s, d in zip(in_spatial, kernel, strides, dilations, strict=True):
-            out = math.ceil(size / s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small, large = total // 2, total - total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else large)
-            end.append(large if auto_pad == "SAME_UPPER" else small)
-    elif auto_pad == "VALID":
-        begin, end = [0] * dims, [0] * dims
-    else:
-        pads = list(attrs.get("pads", [0] * (2 * dims)))
-        begin, end = pads[:dims], pads[dims:]
-    return begin, end, strides, dilations
 
 
 def patches(

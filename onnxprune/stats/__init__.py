@@ -1,0 +1,29 @@
+"""The statistics stage: everything that runs calibration data through onnxruntime and returns values
+keyed by layer (onnxprune.layers.Layer node names).
+
+collect     stream a dataset through a model, handing chosen tensors to accumulators (CollectSettings)
+hessian     layer input Hessians H = (1/n) X~^T X~ (and the pairs of --sequential), input_rows, waves
+linalg      damping, dead inputs, Cholesky inverses and the error forms of those Hessians
+activity    per-input activity statistics (norms, means, ranges, relief numerators)
+probe       the model's outputs with some initializers replaced (OutputProbe)
+patches     im2col of a Conv input, in the order of its weight
+"""
+
+from .activity import InputStats, Range, input_ranges, layer_statistics
+from .collect import CollectSettings, collect
+from .hessian import LayerStats, collect_on_updated, collect_stats, layer_waves
+from .probe import OutputProbe
+
+__all__ = [
+    "CollectSettings",
+    "InputStats",
+    "LayerStats",
+    "OutputProbe",
+    "Range",
+    "collect",
+    "collect_on_updated",
+    "collect_stats",
+    "input_ranges",
+    "layer_statistics",
+    "layer_waves",
+]
