@@ -51,10 +51,12 @@ bias makes it a constant, which would have to be folded into the consumers first
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from ..errors import OptionError, ValidationError
 from ..graph import GraphIndex
@@ -64,10 +66,17 @@ from ..plan import PruningPlan
 from .base import Method, MethodContext, PruneOptions
 from .lobs_allocation import Curve, OutputProbe, grid_counts, hull_allocation, output_curves
 from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
+from .lobs_guard import OPTIONS as GUARD_OPTIONS
+from .lobs_guard import disagreements, min_density, removal_limit
+from .lobs_sparsegpt import Sweep, solver, sweep_curve
+from .nm_pattern import PATTERN_OPTION, conformance, parse_pattern, skip_reason
 from .options import MethodOption
 from .select import repair_empty
 
-MODES = ("exact", "faithful")
+MODES = ("auto", "exact", "faithful", "sparsegpt")
+#: --lobs-mode auto: OBC (exact) while rows * inputs^3 stays below this, SparseGPT above (about 10 s of
+#: OBC on 2 cores, see benchmarks/lobs_speed.py)
+OBC_BUDGET = 1e10
 ALLOCATIONS = ("layer", "global", "output")
 BATCHNORM = ("absorb", "ignore")
 #: memory for the per-row inverse Hessians of one chunk of rows in exact mode
@@ -82,7 +91,7 @@ class Settings:
     """The options of the OBS methods, checked."""
 
     ratio: float | None
-    mode: str = "exact"
+    mode: str = "auto"
     allocation: str = "global"
     max_error: float | None = None
     damping: float = 0.01
@@ -93,10 +102,12 @@ class Settings:
     seed: int = 0
     batchnorm: str = "absorb"
     allocation_samples: int | None = None
+    pattern: tuple[int, int] | None = None
+    min_density: float | None = 0.0
 
     @classmethod
     def from_options(cls, options: PruneOptions, method: str) -> Settings:
-        mode = str(options.get("lobs_mode", "exact") or "exact")
+        mode = str(options.get("lobs_mode", "auto") or "auto")
         if mode not in MODES:
             raise OptionError(f"--lobs-mode {mode}: unknown; use one of {', '.join(MODES)}")
         allocation = str(options.get("lobs_allocation", "global") or "global")
@@ -106,6 +117,11 @@ class Settings:
         if max_error is not None and not float(max_error) > 0:
             raise OptionError(f"--max-layer-error {max_error}: must be a positive fraction of the output energy")
         ratio = None if options.ratio == "auto" else float(options.ratio)
+        pattern = parse_pattern(options.get("pattern"))
+        if pattern is not None:  # N:M fixes every layer's density
+            if max_error is not None:
+                raise OptionError("--pattern with --max-layer-error: the pattern fixes the density; drop one")
+            ratio, allocation = 1.0 - pattern[0] / pattern[1], "layer"
         if ratio is None and (method != "lobs" or max_error is None):
             raise OptionError(f"--ratio auto: {method} needs a number (or, for lobs, --max-layer-error)")
         damping = float(options.get("damping", 0.01))
@@ -136,6 +152,8 @@ class Settings:
             int(options.seed),
             batchnorm,
             samples or None,
+            pattern,
+            min_density(options),
         )
 
 
@@ -150,6 +168,7 @@ class LayerOutcome:
     energy: float
     density: float
     damping: float
+    solver: str = ""
 
     def note(self) -> dict:
         return {
@@ -160,6 +179,7 @@ class LayerOutcome:
             "relative_error": self.measured / self.energy if self.energy > 0 else 0.0,
             "density": self.density,
             "damping": self.damping,
+            "solver": self.solver,
         }
 
 
@@ -182,25 +202,36 @@ class LayerTrace:
     cumulative: np.ndarray
     base: float
     mode: str
+    solver: Callable[[int], Sweep] | None = field(default=None, compare=False)
 
     def count_for(self, ratio: float | None, max_error: float | None) -> int:
         """Removals for a share `ratio` of the weights, or within `max_error` x the output energy."""
         if max_error is not None:
             return int(np.searchsorted(self.cumulative, max_error * self.energy, side="right"))
-        return min(len(self.sequence), math.floor(ratio * self.layer.rows * self.layer.inputs + 1e-9))
+        return trace_count(len(self.sequence), self.layer, ratio)
 
     def finish(self, count: int) -> LayerOutcome:
         """Apply the first `count` removals: W~, predicted and measured error."""
         groups = self.layer.row_group
-        if self.mode == "exact":
+        predicted = self.base + (float(self.cumulative[count - 1]) if count > 0 else 0.0)
+        if self.solver is not None:  # a sweep: its own prediction, exact for the damped H
+            sweep = self.solver(count)
+            new, predicted = sweep.matrix, self.base + sweep.predicted
+        elif self.mode == "exact":
             new = _exact_rows(self, count)
         else:
             new = _faithful_rows(self, count)
-        predicted = self.base + (float(self.cumulative[count - 1]) if count > 0 else 0.0)
         measured = self.stats.error(new, self.original, groups)
         kept = new[:, self.candidates]
         density = float(np.count_nonzero(kept) / max(1, kept.size))
-        return LayerOutcome(self.layer, new, predicted, float(measured), self.energy, density, self.damping)
+        return LayerOutcome(
+            self.layer, new, predicted, float(measured), self.energy, density, self.damping, self.mode
+        )  # fmt: skip
+
+
+def trace_count(removable: int, layer: Layer, ratio: float | None) -> int:
+    """Removals for a share `ratio` of the layer's weights, at most `removable` (all of them without a ratio)."""
+    return removable if ratio is None else min(removable, math.floor(ratio * layer.rows * layer.inputs + 1e-9))
 
 
 def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Settings) -> LayerTrace:
@@ -217,7 +248,13 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
     candidates = np.ones(layer.width, dtype=bool)
     if layer.bias:
         candidates[-1] = False
-    if settings.mode == "exact":
+    mode, solve = _solver(layer, m, prep, candidates, settings)
+    limit = removal_limit(layer.rows, layer.rows * layer.inputs, settings.min_density) if mode != "skipped" else 0
+    if solve is not None:  # no removal order: `sequence` only counts the removable weights
+        target = trace_count(limit, layer, settings.ratio)
+        curve = sweep_curve(solve, limit, target, settings.max_error is not None or settings.allocation == "global")
+        sequence, cumulative = np.arange(limit), curve
+    elif mode == "exact":
         order, losses = _obc_traces(m, prep.inverse, groups, candidates)
         steps = losses.shape[1]
         monotone = np.maximum.accumulate(losses, axis=1).reshape(-1)
@@ -232,8 +269,22 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
         cumulative = np.cumsum(scores[sequence])
     return LayerTrace(
         layer, m0, m, stats, prep.hessian, prep.inverse, prep.damping, stats.energy(m0, groups),
-        candidates, sequence, cumulative, base, settings.mode,
+        candidates, sequence[:limit], cumulative[:limit], base, mode, solve,
     )  # fmt: skip
+
+
+def _solver(layer: Layer, m: np.ndarray, prep, candidates: np.ndarray, settings: Settings):
+    """The mode of `layer` (auto: OBC while rows * inputs^3 <= OBC_BUDGET, else SparseGPT; --pattern:
+    N:M SparseGPT) and, for the sweeps, count -> Sweep. A layer that cannot take the pattern is
+    'skipped': it keeps all its weights."""
+    mode, taps = settings.mode, int(np.prod(layer.kernel))
+    if mode == "auto":
+        mode = "exact" if layer.rows * layer.inputs**3 <= OBC_BUDGET else "sparsegpt"
+    if settings.pattern is not None:
+        mode = f"{settings.pattern[0]}:{settings.pattern[1]}"
+        if skip_reason(layer.inputs // taps, settings.pattern[1]):
+            return "skipped", None
+    return mode, solver(mode, m, prep, layer.row_group, candidates, taps)
 
 
 def prune_layer(layer: Layer, m0: np.ndarray, h: np.ndarray | LayerStats, settings: Settings) -> LayerOutcome:
@@ -420,7 +471,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         allocator.start(_traces(ctx, settings, views, {}, "lobs allocation"))
         passes += 1
     updates: dict[str, np.ndarray] = {}
-    outcomes = []
+    outcomes, floored = [], []
     for number, wave in enumerate(waves):
         wave_views = [by_node[layer.node] for layer in wave]
         traces = _traces(ctx, settings, wave_views, updates, f"lobs statistics {number + 1}/{len(waves)}")
@@ -433,6 +484,8 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             outcome = trace.finish(count)
             write_view(ctx.index, view, outcome.matrix, updates)
             outcomes.append(outcome)
+            if 0 < count == len(trace.sequence) < trace.layer.rows * trace.layer.inputs:
+                floored.append(trace.layer.node)  # held by the floor (onnxprune.methods.lobs_guard)
     removed = zero_read_channels(ctx, updates)
     notes: dict = {
         "layers": [o.note() for o in outcomes],
@@ -442,12 +495,22 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         "skipped_layers": skipped,
         "density": _overall_density(outcomes),
         "statistics_passes": passes,
+        "floor_layers": floored,
     }
+    notes["error_disagreements"] = disagreements(notes["layers"])
+    if settings.pattern is not None:
+        notes["pattern"] = conformance(settings.pattern, {o.layer.node: _shaped(o) for o in outcomes})
     for group in ctx.eligible_groups():
         gone = sum(1 for c in group.channels if c in removed)
         if gone:
             notes[group.id] = {"removed": gone, "why": "every consumer weight reading it is zero"}
     return PruningPlan(frozenset(removed), updates, "lobs", notes)
+
+
+def _shaped(outcome: LayerOutcome) -> np.ndarray:
+    """The weights of an outcome as [O, I, K] (K kernel positions, the order of W.reshape(O, -1))."""
+    layer = outcome.layer
+    return outcome.matrix[:, : layer.inputs].reshape(layer.rows, -1, int(np.prod(layer.kernel)))
 
 
 def _views(index: GraphIndex, layers: list[Layer], settings: Settings) -> list[LayerView]:
@@ -496,7 +559,7 @@ def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], upda
     stats = collect_on_updated(ctx, settings, [v.layer for v in views], updates, description)
     return [
         trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
-        for v in views
+        for v in tqdm(views, "lobs layers", unit="layer", disable=not settings.progress, leave=False)
     ]
 
 
@@ -577,7 +640,16 @@ LOBS = Method(
 )
 EXPORTED = (LOBS,)
 OPTIONS = (
-    MethodOption("--lobs-mode", "lobs_mode", "exact", "lobs: exact (OBC greedy per row) or faithful (L-OBS)", str),
+    MethodOption(
+        "--lobs-mode",
+        "lobs_mode",
+        "auto",
+        "lobs: exact (OBC greedy per row), sparsegpt (one column sweep per layer), auto (exact while rows x "
+        "inputs^3 <= 1e10, else sparsegpt) or faithful (L-OBS)",
+        str,
+    ),
+    PATTERN_OPTION,
+    *GUARD_OPTIONS,
     MethodOption(
         "--lobs-allocation",
         "lobs_allocation",
