@@ -8,11 +8,17 @@ weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
 
 - `--lobs-mode faithful` (L-OBS): rank all (r, i) once by L_q, remove in that order with the update
   above and a fixed H^-1 (removed weights are kept at zero), predicted error = sum of the L_q.
-- `--lobs-mode exact` (OBC, Frantar & Alistarh 2022; default): per row, greedily remove the weight of
+- `--lobs-mode exact` (OBC, Frantar & Alistarh 2022): per row, greedily remove the weight of
   least L_q, update the row and downdate H^-1 -= H^-1[:, i] H^-1[i, :] / [H^-1]_ii; every step is
   exact, so the predicted error (sum of the steps' L_q) equals the layer error for the damped H. The
   rows' loss traces are merged so that the layer removes `--ratio` of its weights where they cost
   least; the final rows are the least-squares optimum for their masks, w_K = H_KK^-1 (H w)_K.
+- `--lobs-mode sparsegpt` (onnxprune.methods.lobs_sparsegpt): one column sweep per layer with the
+  Cholesky factor of H^-1 (cost R * inputs^2 instead of OBC's R * inputs^3); its curve for the
+  allocations is sweeps at a grid of counts. `--lobs-mode auto` (default): exact while
+  rows * inputs^3 <= OBC_BUDGET, sparsegpt above. `--pattern N:M`: N:M masks chosen in the sweep.
+- onnxprune.methods.lobs_guard: no layer loses its last `rows` weights unless asked
+  (`--allow-empty-layers`), and measured errors far above the predicted ones are reported.
 
 The bias is a column of W~ (x~ = [x; 1]): it is compensated, never removed. Inputs that are always zero
 on the calibration data have their weights zeroed (H_ii = 1). Targets:
