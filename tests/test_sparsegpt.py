@@ -41,12 +41,16 @@ def _case(rows: int, inputs: int, seed: int = 0):
     return w, prep, candidates
 
 
+def _uppers(prep) -> np.ndarray:
+    return np.stack([upper_root(inverse) for inverse in prep.inverse])
+
+
 @pytest.mark.parametrize(("rows", "inputs", "ratio"), [(6, 20, 0.5), (16, 40, 0.8), (5, 150, 0.3)])
 def test_sweep_prediction_is_the_layer_error_and_removes_exactly_the_count(rows, inputs, ratio):
     w, prep, candidates = _case(rows, inputs)
     count = int(ratio * rows * inputs)
     for refine in (0, 8):
-        out = sparsegpt(w, prep.hessian, prep.inverse, np.zeros(rows, int), candidates, count, select=16, refine=refine)
+        out = sparsegpt(w, prep.hessian, _uppers(prep), np.zeros(rows, int), candidates, count, refine=refine)
         assert out.removed.sum() == count and not out.removed[:, -1].any()  # the bias is never removed
         assert (out.matrix[out.removed] == 0).all() and (out.matrix[~out.removed] != 0).all()
         measured = layer_error(out.matrix - w, prep.hessian, np.zeros(rows, int))
@@ -81,7 +85,7 @@ def test_one_sweep_step_is_the_obs_update_of_the_last_free_columns():
 
 def test_refinement_reaches_the_least_squares_optimum_of_the_mask():
     w, prep, candidates = _case(4, 24)
-    out = sparsegpt(w, prep.hessian, prep.inverse, np.zeros(4, int), candidates, 48, refine=0)
+    out = sparsegpt(w, prep.hessian, _uppers(prep), np.zeros(4, int), candidates, 48, refine=0)
     h = prep.hessian[0]
     refined = refine_kept(w, out.matrix, h, ~out.removed, 60)
     for r in range(4):

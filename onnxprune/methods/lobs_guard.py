@@ -4,7 +4,7 @@ contradicts are reported.
 - Floor: a layer of R rows and S weights keeps at least max(R, ceil(d * S)) weights, d =
   `--min-layer-density` (default 0: the floor is then R, one weight per output on average). Its removal
   trace is cut there, so no allocation (global, output, layer, --max-layer-error) can go below it.
-  `--min-layer-density 0 --allow-empty-layers` (d < 0 internally) lifts the floor. Why: the global
+  `--allow-empty-layers` lifts the floor (min_density() returns None). Why: the global
   allocation trusts each layer's *predicted* error; L-OBS's faithful prediction (no downdates) can be
   orders of magnitude too low (a 512x214 classifier predicted 10.4, measured 875.5), and then a whole
   layer goes for free and the model's output becomes a constant.
@@ -71,8 +71,9 @@ def disagreements(notes: list[dict]) -> list[dict]:
         if measured > RATIO * max(predicted, 0.0) and note["relative_error"] >= FLOOR:
             found.append({"layer": note["layer"], "predicted_error": predicted, "measured_error": measured})
             log.warning(
-                "lobs: layer '%s': measured error %.4g is %s the predicted %.4g; the allocation relied on the "
-                "prediction (try --lobs-mode exact or --lobs-allocation output)",
+                "lobs: layer '%s': measured error %.4g is %s the predicted %.4g; predicted errors steer the "
+                "global allocation and --max-layer-error (--lobs-mode exact/sparsegpt predict exactly; "
+                "--lobs-allocation output measures)",
                 note["layer"],
                 measured,
                 f"{measured / predicted:.1f}x" if predicted > 0 else "far above",

@@ -109,9 +109,8 @@ def solver(
     """count -> Sweep of W~ = `m` for `mode` 'sparsegpt' or 'N:M' (`prep`: the damped H and H^-1 per
     group; `taps`: kernel positions per input channel), the last result kept; None for other modes."""
     if mode == "sparsegpt":
-        return lru_cache(maxsize=1)(
-            lambda count: sparsegpt(m, prep.hessian, prep.inverse, row_group, candidates, count)
-        )
+        uppers = np.stack([upper_root(inverse) for inverse in prep.inverse])
+        return lru_cache(maxsize=1)(lambda count: sparsegpt(m, prep.hessian, uppers, row_group, candidates, count))
     pattern = parse_pattern(mode) if ":" in mode else None
     if pattern is None:
         return None
@@ -123,17 +122,23 @@ def solver(
 
 
 def sweep_curve(solve: Callable[[int], Sweep], removable: int, target: int, full: bool) -> np.ndarray:
-    """cumulative[k - 1] = predicted error after k removals, k = 1 .. `removable`: sweeps at 0, at the
-    `target` count, at `removable` and, when `full` (an allocation reads the curve), at the counts of
-    CURVE_DENSITIES; linear in between, made nondecreasing. The target's sweep runs last, so finishing
-    the layer at it costs nothing more."""
-    densities = np.array(CURVE_DENSITIES if full else (0.0,))
+    """cumulative[k - 1] = predicted error after k removals, k = 1 .. `removable`: sweeps at 0 and at
+    the `target` count and, when `full` (an allocation reads the curve), at the counts of
+    CURVE_DENSITIES; linear in between (and past the last point, with the last slope), made
+    nondecreasing. The target's sweep runs last, so finishing the layer at it costs nothing more."""
+    densities = np.array(CURVE_DENSITIES if full else ())
     counts = np.unique(np.round((1.0 - densities) * removable).astype(np.int64))
     counts = [int(k) for k in counts if 0 < k != target] + [target]
     errors = {0: 0.0, **{k: solve(k).predicted for k in counts if k > 0}}
-    points = np.array(sorted(errors))
-    values = np.maximum.accumulate(np.array([errors[k] for k in points]))
-    return np.interp(np.arange(1, removable + 1), points, values)
+    points = np.array(sorted(errors), dtype=np.float64)
+    values = np.maximum.accumulate(np.array([errors[int(k)] for k in points]))
+    steps = np.arange(1, removable + 1, dtype=np.float64)
+    curve = np.interp(steps, points, values)
+    if len(points) > 1:
+        slope = (values[-1] - values[-2]) / (points[-1] - points[-2])
+        beyond = steps > points[-1]
+        curve[beyond] = values[-1] + slope * (steps[beyond] - points[-1])
+    return curve
 
 
 def split_counts(sizes: np.ndarray, count: int) -> np.ndarray:
@@ -150,7 +155,7 @@ def split_counts(sizes: np.ndarray, count: int) -> np.ndarray:
 def sparsegpt(
     m: np.ndarray,
     hessians: np.ndarray,
-    inverses: np.ndarray,
+    uppers: np.ndarray,
     row_group: np.ndarray,
     candidates: np.ndarray,
     count: int,
@@ -159,22 +164,22 @@ def sparsegpt(
     saliency: bool = True,
 ) -> Sweep:
     """Unstructured SparseGPT of W~ = `m` [R, width]: `count` removals among the `candidates` columns,
-    chosen per window of `select` columns; each Hessian group of rows (`hessians[g]`, `inverses[g]`: the
-    damped H and its inverse) swept on its own, then `refine` iterations of refine_kept."""
-    members = [np.flatnonzero(row_group == g) for g in range(len(inverses))]
-    quotas = window_quotas(m, inverses, members, candidates, count, select, saliency)
+    chosen per window of `select` columns; each Hessian group of rows (`hessians[g]`: the damped H,
+    `uppers[g]`: upper_root of its inverse) swept on its own, then `refine` iterations of refine_kept."""
+    members = [np.flatnonzero(row_group == g) for g in range(len(uppers))]
+    quotas = window_quotas(m, uppers, members, candidates, count, select, saliency)
 
     def setup(g: int) -> tuple[np.ndarray, np.ndarray, Chooser]:
-        return hessians[g], upper_root(inverses[g]), _quota_chooser(quotas[g], candidates, select)
+        return hessians[g], uppers[g], _quota_chooser(quotas[g], candidates, select)
 
     return _per_group(m, members, setup, select, refine)
 
 
-def window_quotas(m, inverses, members, candidates, count: int, select: int, saliency: bool) -> np.ndarray:
+def window_quotas(m, uppers, members, candidates, count: int, select: int, saliency: bool) -> np.ndarray:
     """Removals per (Hessian group, window of `select` columns) [groups, windows], summing to `count`:
     with `saliency`, as many as the window holds among the `count` weights of least OBS saliency
-    w^2 / [H^-1]_jj of the dense layer (so columns that matter little lose more); else in proportion
-    to each window's candidates (cumulative rounding)."""
+    w^2 / [H^-1]_jj of the dense layer ([H^-1]_jj = sum_k U_kj^2; columns that matter little lose
+    more); else in proportion to each window's candidates (cumulative rounding)."""
     width = m.shape[1]
     starts = np.arange(0, width, select)
     if not saliency:
@@ -183,7 +188,7 @@ def window_quotas(m, inverses, members, candidates, count: int, select: int, sal
         return split_counts(sizes, count).reshape(len(members), len(starts))
     scores = np.concatenate(
         [
-            np.where(candidates, m[rows] ** 2 / np.diag(inverses[g]), np.inf).reshape(-1)
+            np.where(candidates, m[rows] ** 2 / (uppers[g] ** 2).sum(axis=0), np.inf).reshape(-1)
             for g, rows in enumerate(members)
         ]
     )
