@@ -70,11 +70,11 @@ def lobs_accuracy(name: str, density: float, extra: dict) -> float:
     return lobs_result(name, density, extra).report["validation"]["accuracy_after"]
 
 
-def lobs_result(name: str, density: float, extra: dict):
+def lobs_result(name: str, density: float, extra: dict, method: str = "lobs"):
     options = PruneOptions(ratio=1.0 - density, extra={"batch_size": 64, **extra})
     return prune(
         MODELS / f"{name}.onnx",
-        "lobs",
+        method,
         options,
         calibration=MODELS / "digits_train.npz",
         calib_samples=1000,
@@ -123,17 +123,7 @@ def pattern_cells(name: str, model, test, pattern: str) -> tuple[list[float], st
     """Accuracies of the PATTERN_VARIANTS and magnitude with `pattern`, and 'conforming/layers' (lobs)."""
     cells, conforming = [], ""
     for method, extra in PATTERN_VARIANTS.values():
-        options = PruneOptions(ratio=0.5, extra={"batch_size": 64, "pattern": pattern, **extra})
-        result = prune(
-            MODELS / f"{name}.onnx",
-            method,
-            options,
-            calibration=MODELS / "digits_train.npz",
-            calib_samples=1000,
-            validation_data=MODELS / "digits_test.npz",
-            validate_samples=797,
-            providers="cpu",
-        )
+        result = lobs_result(name, 0.5, {"pattern": pattern, **extra}, method)
         cells.append(result.report["validation"]["accuracy_after"])
         report = result.report["steps"][0]["pattern"]
         conforming = conforming or f"{report['conforming_layers']}/{report['layers']}"
