@@ -3,6 +3,8 @@ guards (methods/lobs_guard.py): oracles from the algebra, least squares and OBC.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -12,10 +14,12 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from onnxprune import PruneOptions, prune
+from onnxprune.cli import main
 from onnxprune.errors import OptionError
 from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
 from onnxprune.hessian import collect_hessians, find_layers, layer_error, prepare
+from onnxprune.io import load_model, save_model
 from onnxprune.methods import lobs
 from onnxprune.methods.lobs import Settings, prune_layer
 from onnxprune.methods.lobs_sparsegpt import refine_kept, sparsegpt, sparsegpt_nm, split_counts, sweep, upper_root
@@ -325,3 +329,25 @@ def test_exact_predictions_raise_no_disagreement():
     data = _data(model, 128)
     step = _lobs_step(model, data, PruneOptions(ratio=0.7, extra={"lobs_mode": "exact", "max_positions": 0}))
     assert step["error_disagreements"] == []
+
+
+def test_cli_pattern_mode_and_guard_options(tmp_path, capsys):
+    model = _mlp(4)
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    save_model(model, path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((40, 12)).astype(np.float32))
+    calib = ["--calib", str(tmp_path / "calib.npz"), "-q"]
+    for method, extra in (("lobs", ["--lobs-mode", "sparsegpt", "--allow-empty-layers"]), ("wanda", [])):
+        main(["prune", str(path), "-o", str(out), "--method", method, "--pattern", "2:4", *extra, *calib])
+        pruned = load_model(out)
+        weights = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+        assert conforms(weights["fc0.w"][:, :, None], 2, 4)  # fc0: W [32, 12], transB=1
+    report = tmp_path / "report.json"
+    floor = ["--min-layer-density", "0.3", "--ratio", "0.9", "--report", str(report)]
+    main(["prune", str(path), "-o", str(out), "--method", "lobs", *floor, *calib])
+    layers = json.loads(report.read_text())["steps"][0]["layers"]
+    assert min(n["density"] for n in layers) >= 0.3 - 1e-9
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", str(path), "-o", str(out), "--method", "wanda", "--pattern", "3:2", *calib])
+    assert exit_info.value.code == 2
+    assert "--pattern 3:2" in capsys.readouterr().err
