@@ -22,10 +22,16 @@ Columns:
 The density-per-layer table: what the global and the output allocations (both sequential) give each
 layer at 10% overall density.
 
+The N:M table (`--pattern N:M`, 50% density in every layer whose input size is a multiple of M; the
+others stay dense): lobs (compensated, the SparseGPT sweep with N:M masks), lobs/seq (the same with
+`--sequential`), wanda (mask only) and magnitude (the N largest |w| of every group of M, no update), and
+how many layers conform / were pruned.
+
 The storage table: file bytes at 10% density, dense initializers vs `--sparse-storage` (COO sparse
 initializers, which onnxruntime densifies at load), with the test accuracy of both files.
 
     python benchmarks/lobs_accuracy.py [--models mlp lenet5 resnet_digits] [--densities 0.5 0.1]
+        [--tables density patterns storage layers]
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from onnxprune import PruneOptions, prune
 from onnxprune.feeds import load_dataset
 from onnxprune.graph import GraphIndex
 from onnxprune.io import load_model
-from onnxprune.layers import obs_layers, with_updates
+from onnxprune.layers import masking_layers, obs_layers, with_updates
+from onnxprune.methods.nm_pattern import parse_pattern, pattern_keep
 from onnxprune.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,11 +68,11 @@ def lobs_accuracy(name: str, density: float, extra: dict) -> float:
     return lobs_result(name, density, extra).report["validation"]["accuracy_after"]
 
 
-def lobs_result(name: str, density: float, extra: dict):
+def lobs_result(name: str, density: float, extra: dict, method: str = "lobs"):
     options = PruneOptions(ratio=1.0 - density, extra=extra)
     return prune(
         MODELS / f"{name}.onnx",
-        "lobs",
+        method,
         options,
         batch_size=64,
         calibration=MODELS / "digits_train.npz",
@@ -107,6 +114,33 @@ def _threshold(magnitudes: np.ndarray, density: float) -> float:
     return float(np.sort(magnitudes)[::-1][keep - 1])
 
 
+PATTERNS = ("2:4", "4:8")
+PATTERN_VARIANTS = {"lobs": ("lobs", {}), "lobs/seq": ("lobs", {"sequential": True}), "wanda": ("wanda", {})}
+
+
+def pattern_cells(name: str, model, test, pattern: str) -> tuple[list[float], str]:
+    """Accuracies of the PATTERN_VARIANTS and magnitude with `pattern`, and 'conforming/layers' (lobs)."""
+    cells, conforming = [], ""
+    for method, extra in PATTERN_VARIANTS.values():
+        result = lobs_result(name, 0.5, {"pattern": pattern, **extra}, method)
+        cells.append(result.report["validation"]["accuracy_after"])
+        report = result.report["steps"][0]["pattern"]
+        conforming = conforming or f"{report['conforming_layers']}/{report['layers']}"
+    return cells + [magnitude_pattern_accuracy(model, test, pattern)], conforming
+
+
+def magnitude_pattern_accuracy(model, test, pattern: str) -> float:
+    """Keep the N largest |w| of every group of M inputs (per output and kernel tap), no update."""
+    index = GraphIndex.build(model)
+    updates = {}
+    for layer in masking_layers(index).values():
+        weight = np.asarray(index.constant(layer.weight))
+        matrix = layer.oik(weight)
+        updates[layer.weight] = layer.from_oik(matrix * pattern_keep(np.abs(matrix), parse_pattern(pattern)))
+    pruned = with_updates(model, updates)
+    return validate(model, pruned, test.feeds, test.labels, ["CPUExecutionProvider"])["accuracy_after"]
+
+
 def storage_row(name: str, density: float) -> str:
     """File bytes of the model pruned by lobs (exact, global) without and with --sparse-storage."""
     sizes = []
@@ -134,7 +168,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "lenet5", "resnet_digits"])
     parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
     args = parser.parse_args()
+    for table in args.tables:
+        TABLES[table](args)
+
+
+def density_tables(args) -> None:
     for name in args.models:
         model = load_model(MODELS / f"{name}.onnx")
         test = load_dataset(MODELS / "digits_test.npz", model, 797)
@@ -150,11 +190,35 @@ def main() -> None:
             seconds = time.perf_counter() - start
             row = " | ".join(f"{c:.4f}" for c in cells)
             print(f"| {density:.0%} | {row} | {seconds:.0f} |", flush=True)
+
+
+def pattern_table(args) -> None:
+    columns = [f"{p} {v}" for p in PATTERNS for v in (*PATTERN_VARIANTS, "magnitude")]
+    print("\n### N:M patterns (--pattern, 50% of the weights of every conforming layer)\n")
+    print("| model | dense | " + " | ".join(columns) + " | conforming layers (2:4, 4:8) |")
+    print("|---" * (len(columns) + 3) + "|")
+    for name in args.models:
+        model = load_model(MODELS / f"{name}.onnx")
+        test = load_dataset(MODELS / "digits_test.npz", model, 797)
+        dense = validate(model, model, test.feeds, test.labels, ["CPUExecutionProvider"])["accuracy_before"]
+        cells, counts = [], []
+        for pattern in PATTERNS:
+            accuracies, conforming = pattern_cells(name, model, test, pattern)
+            cells += accuracies
+            counts.append(conforming)
+        row = " | ".join(f"{c:.4f}" for c in cells)
+        print(f"| {name} | {dense:.4f} | {row} | {', '.join(counts)} |", flush=True)
+
+
+def storage_table(args) -> None:
     print("\n### file size with --sparse-storage (lobs exact, global allocation)\n")
     print("| model | density | original bytes | pruned bytes | with --sparse-storage | accuracy | accuracy (sparse) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         print(storage_row(name, 0.1), flush=True)
+
+
+def layer_table(args) -> None:
     variants = ("exact/global/seq", "output/seq")
     print("\n### density per layer at 10% overall\n")
     print("| model | layer | weights | " + " | ".join(variants) + " |")
@@ -162,6 +226,8 @@ def main() -> None:
     for name in args.models:
         print("\n".join(layer_rows(name, 0.1, variants)), flush=True)
 
+
+TABLES = {"density": density_tables, "patterns": pattern_table, "storage": storage_table, "layers": layer_table}
 
 if __name__ == "__main__":
     main()

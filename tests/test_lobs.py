@@ -17,9 +17,9 @@ from onnxprune.graph import GraphIndex
 from onnxprune.io import load_model, save_model
 from onnxprune.layers import layer_weights, obs_layers, with_updates
 from onnxprune.methods import lobs
-from onnxprune.methods.lobs import trace_layer
+from onnxprune.methods.lobs import prune_layer
 from onnxprune.methods.obs_settings import Settings
-from onnxprune.stats import CollectSettings, LayerStats, collect_stats
+from onnxprune.stats import CollectSettings, collect_stats
 from onnxprune.stats.hessian import input_rows
 
 
@@ -62,12 +62,6 @@ def _layer_and_hessian(model, data, name):
     h = collect_stats(model, [layer], data, None, CollectSettings(batch_size=16))[name].hessian
     index = GraphIndex.build(model)
     return layer, h, layer_weights(index, layer)
-
-
-def prune_layer(layer, m0, h, settings: Settings):
-    """One layer alone pruned to settings.ratio of its weights (or --max-layer-error), from its H."""
-    trace = trace_layer(layer, m0, LayerStats(np.asarray(h, dtype=np.float64)), settings)
-    return trace.finish(trace.count_for(settings.ratio, settings.max_error))
 
 
 def _rows(model, data, layer):

@@ -8,11 +8,17 @@ weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
 
 - `--lobs-mode faithful` (L-OBS): rank all (r, i) once by L_q, remove in that order with the update
   above and a fixed H^-1 (removed weights are kept at zero), predicted error = sum of the L_q.
-- `--lobs-mode exact` (OBC, Frantar & Alistarh 2022; default): per row, greedily remove the weight of
+- `--lobs-mode exact` (OBC, Frantar & Alistarh 2022): per row, greedily remove the weight of
   least L_q, update the row and downdate H^-1 -= H^-1[:, i] H^-1[i, :] / [H^-1]_ii; every step is
   exact, so the predicted error (sum of the steps' L_q) equals the layer error for the damped H. The
   rows' loss traces are merged so that the layer removes `--ratio` of its weights where they cost
   least; the final rows are the least-squares optimum for their masks, w_K = H_KK^-1 (H w)_K.
+- `--lobs-mode sparsegpt` (onnxprune.methods.lobs_sparsegpt): one column sweep per layer with the
+  Cholesky factor of H^-1 (cost R * inputs^2 instead of OBC's R * inputs^3); its curve for the
+  allocations is sweeps at a grid of counts. `--lobs-mode auto` (default): exact while
+  rows * inputs^3 <= OBC_BUDGET, sparsegpt above. `--pattern N:M`: N:M masks chosen in the sweep.
+- onnxprune.methods.lobs_guard: no layer loses its last `rows` weights unless asked
+  (`--allow-empty-layers`), and measured errors far above the predicted ones are reported.
 
 The bias is a column of W~ (x~ = [x; 1]): it is compensated, never removed. Inputs that are always zero
 on the calibration data have their weights zeroed (H_ii = 1). Targets:
@@ -51,9 +57,11 @@ bias makes it a constant, which would have to be folded into the consumers first
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import ValidationError
 from ..graph import GraphIndex
@@ -64,10 +72,17 @@ from ..stats.linalg import prepare
 from .base import Method, MethodContext
 from .lobs_allocation import Curve, grid_counts, hull_allocation, output_curves
 from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
+from .lobs_guard import OPTIONS as GUARD_OPTIONS
+from .lobs_guard import disagreements, removal_limit
+from .lobs_sparsegpt import Sweep, solver, sweep_curve
+from .nm_pattern import PATTERN_OPTION, conformance, skip_reason
 from .obs_settings import Settings
 from .options import MethodOption
 from .select import repair_empty
 
+#: --lobs-mode auto: OBC (exact) while rows * inputs^3 stays below this, SparseGPT above (about 10 s of
+#: OBC on 2 cores, see benchmarks/lobs_speed.py)
+OBC_BUDGET = 1e10
 #: memory for the per-row inverse Hessians of one chunk of rows in exact mode
 CHUNK_BYTES = 8 * 2**20
 #: compact the per-row inverses once the live columns fall below this share of their width
@@ -86,6 +101,7 @@ class LayerOutcome:
     energy: float
     density: float
     damping: float
+    solver: str = ""
 
     def note(self) -> dict:
         return {
@@ -96,6 +112,7 @@ class LayerOutcome:
             "relative_error": self.measured / self.energy if self.energy > 0 else 0.0,
             "density": self.density,
             "damping": self.damping,
+            "solver": self.solver,
         }
 
 
@@ -118,25 +135,36 @@ class LayerTrace:
     cumulative: np.ndarray
     base: float
     mode: str
+    solver: Callable[[int], Sweep] | None = field(default=None, compare=False)
 
     def count_for(self, ratio: float | None, max_error: float | None) -> int:
         """Removals for a share `ratio` of the weights, or within `max_error` x the output energy."""
         if max_error is not None:
             return int(np.searchsorted(self.cumulative, max_error * self.energy, side="right"))
-        return min(len(self.sequence), math.floor(ratio * self.layer.outputs * self.layer.inputs + 1e-9))
+        return trace_count(len(self.sequence), self.layer, ratio)
 
     def finish(self, count: int) -> LayerOutcome:
         """Apply the first `count` removals: W~, predicted and measured error."""
         groups = self.layer.output_group
-        if self.mode == "exact":
+        predicted = self.base + (float(self.cumulative[count - 1]) if count > 0 else 0.0)
+        if self.solver is not None:  # a sweep: its own prediction, exact for the damped H
+            sweep = self.solver(count)
+            new, predicted = sweep.matrix, self.base + sweep.predicted
+        elif self.mode == "exact":
             new = _exact_rows(self, count)
         else:
             new = _faithful_rows(self, count)
-        predicted = self.base + (float(self.cumulative[count - 1]) if count > 0 else 0.0)
         measured = self.stats.error(new, self.original, groups)
         kept = new[:, self.candidates]
         density = float(np.count_nonzero(kept) / max(1, kept.size))
-        return LayerOutcome(self.layer, new, predicted, float(measured), self.energy, density, self.damping)
+        return LayerOutcome(
+            self.layer, new, predicted, float(measured), self.energy, density, self.damping, self.mode
+        )  # fmt: skip
+
+
+def trace_count(removable: int, layer: Layer, ratio: float | None) -> int:
+    """Removals for a share `ratio` of the layer's weights, at most `removable` (all of them without a ratio)."""
+    return removable if ratio is None else min(removable, math.floor(ratio * layer.outputs * layer.inputs + 1e-9))
 
 
 def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Settings) -> LayerTrace:
@@ -153,7 +181,13 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
     candidates = np.ones(layer.width, dtype=bool)
     if layer.obs_bias:
         candidates[-1] = False
-    if settings.mode == "exact":
+    mode, solve = _solver(layer, m, prep, candidates, settings)
+    limit = removal_limit(layer.outputs, layer.outputs * layer.inputs, settings.min_density) if mode != "skipped" else 0
+    if solve is not None:  # no removal order: `sequence` only counts the removable weights
+        target = trace_count(limit, layer, settings.ratio)
+        curve = sweep_curve(solve, limit, target, settings.max_error is not None or settings.allocation == "global")
+        sequence, cumulative = np.arange(limit), curve
+    elif mode == "exact":
         order, losses = _obc_traces(m, prep.inverse, groups, candidates)
         steps = losses.shape[1]
         monotone = np.maximum.accumulate(losses, axis=1).reshape(-1)
@@ -168,8 +202,30 @@ def trace_layer(layer: Layer, m0: np.ndarray, stats: LayerStats, settings: Setti
         cumulative = np.cumsum(scores[sequence])
     return LayerTrace(
         layer, m0, m, stats, prep.hessian, prep.inverse, prep.damping, stats.energy(m0, groups),
-        candidates, sequence, cumulative, base, settings.mode,
+        candidates, sequence[:limit], cumulative[:limit], base, mode, solve,
     )  # fmt: skip
+
+
+def _solver(layer: Layer, m: np.ndarray, prep, candidates: np.ndarray, settings: Settings):
+    """The mode of `layer` (auto: OBC while rows * inputs^3 <= OBC_BUDGET, else SparseGPT; --pattern:
+    N:M SparseGPT) and, for the sweeps, count -> Sweep. A layer that cannot take the pattern is
+    'skipped': it keeps all its weights."""
+    mode, taps = settings.mode, int(np.prod(layer.kernel))
+    if mode == "auto":
+        mode = "exact" if layer.outputs * layer.inputs**3 <= OBC_BUDGET else "sparsegpt"
+    if settings.pattern is not None:
+        mode = f"{settings.pattern[0]}:{settings.pattern[1]}"
+        if skip_reason(layer.inputs // taps, settings.pattern[1]):
+            return "skipped", None
+    return mode, solver(mode, m, prep, layer.output_group, candidates, taps)
+
+
+def prune_layer(layer: Layer, m0: np.ndarray, h: np.ndarray | LayerStats, settings: Settings) -> LayerOutcome:
+    """Prune one layer to `settings.ratio` of its weights removed (or `--max-layer-error`); `h` is the
+    input Hessian [groups, width, width] or the full statistics."""
+    stats = h if isinstance(h, LayerStats) else LayerStats(np.asarray(h, dtype=np.float64))
+    trace = trace_layer(layer, m0, stats, settings)
+    return trace.finish(trace.count_for(settings.ratio, settings.max_error))
 
 
 def global_counts(traces: list[LayerTrace], ratio: float) -> list[int]:
@@ -299,7 +355,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         allocator.start(_traces(ctx, settings, views, {}, "lobs allocation"))
         passes += 1
     updates: dict[str, np.ndarray] = {}
-    outcomes = []
+    outcomes, floored = [], []
     for number, wave in enumerate(waves):
         wave_views = [by_node[layer.node] for layer in wave]
         traces = _traces(ctx, settings, wave_views, updates, f"lobs statistics {number + 1}/{len(waves)}")
@@ -312,6 +368,8 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             outcome = trace.finish(count)
             write_view(ctx.index, view, outcome.matrix, updates)
             outcomes.append(outcome)
+            if 0 < count == len(trace.sequence) < trace.layer.outputs * trace.layer.inputs:
+                floored.append(trace.layer.node)  # held by the floor (onnxprune.methods.lobs_guard)
     removed = zero_read_channels(ctx, updates)
     notes: dict = {
         "layers": [o.note() for o in outcomes],
@@ -321,12 +379,22 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         "skipped_layers": skipped,
         "density": _overall_density(outcomes),
         "statistics_passes": passes,
+        "floor_layers": floored,
     }
+    notes["error_disagreements"] = disagreements(notes["layers"])
+    if settings.pattern is not None:
+        notes["pattern"] = conformance(settings.pattern, {o.layer.node: _shaped(o) for o in outcomes})
     for group in ctx.eligible_groups():
         gone = sum(1 for c in group.channels if c in removed)
         if gone:
             notes[group.id] = {"removed": gone, "why": "every consumer weight reading it is zero"}
     return PruningPlan(frozenset(removed), updates, "lobs", notes)
+
+
+def _shaped(outcome: LayerOutcome) -> np.ndarray:
+    """The weights of an outcome as [O, I, K] (K kernel positions, the order of W.reshape(O, -1))."""
+    layer = outcome.layer
+    return outcome.matrix[:, : layer.inputs].reshape(layer.outputs, -1, int(np.prod(layer.kernel)))
 
 
 def _views(index: GraphIndex, layers: list[Layer], settings: Settings) -> list[LayerView]:
@@ -360,7 +428,7 @@ def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], upda
     )
     return [
         trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
-        for v in views
+        for v in tqdm(views, "lobs layers", unit="layer", disable=not settings.progress, leave=False)
     ]
 
 
@@ -441,7 +509,16 @@ LOBS = Method(
 )
 EXPORTED = (LOBS,)
 OPTIONS = (
-    MethodOption("--lobs-mode", "lobs_mode", "exact", "lobs: exact (OBC greedy per row) or faithful (L-OBS)", str),
+    MethodOption(
+        "--lobs-mode",
+        "lobs_mode",
+        "auto",
+        "lobs: exact (OBC greedy per row), sparsegpt (one column sweep per layer), auto (exact while rows x "
+        "inputs^3 <= 1e10, else sparsegpt) or faithful (L-OBS)",
+        str,
+    ),
+    PATTERN_OPTION,
+    *GUARD_OPTIONS,
     MethodOption(
         "--lobs-allocation",
         "lobs_allocation",

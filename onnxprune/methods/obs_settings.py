@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from ..errors import OptionError
 from ..stats import CollectSettings
 from .base import PruneOptions
+from .lobs_guard import min_density
+from .nm_pattern import parse_pattern
 
-MODES = ("exact", "faithful")
+MODES = ("auto", "exact", "faithful", "sparsegpt")
 ALLOCATIONS = ("layer", "global", "output")
 BATCHNORM = ("absorb", "ignore")
 
@@ -20,7 +22,7 @@ class Settings:
     """The options of the OBS methods, checked."""
 
     ratio: float | None
-    mode: str = "exact"
+    mode: str = "auto"
     allocation: str = "global"
     max_error: float | None = None
     damping: float = 0.01
@@ -31,10 +33,12 @@ class Settings:
     seed: int = 0
     batchnorm: str = "absorb"
     allocation_samples: int | None = None
+    pattern: tuple[int, int] | None = None
+    min_density: float | None = 0.0
 
     @classmethod
     def from_options(cls, options: PruneOptions, method: str) -> Settings:
-        mode = str(options.get("lobs_mode", "exact") or "exact")
+        mode = str(options.get("lobs_mode", "auto") or "auto")
         if mode not in MODES:
             raise OptionError(f"--lobs-mode {mode}: unknown; use one of {', '.join(MODES)}")
         allocation = str(options.get("lobs_allocation", "global") or "global")
@@ -44,6 +48,11 @@ class Settings:
         if max_error is not None and not float(max_error) > 0:
             raise OptionError(f"--max-layer-error {max_error}: must be a positive fraction of the output energy")
         ratio = None if options.ratio == "auto" else float(options.ratio)
+        pattern = parse_pattern(options.get("pattern"))
+        if pattern is not None:  # N:M fixes every layer's density
+            if max_error is not None:
+                raise OptionError("--pattern with --max-layer-error: the pattern fixes the density; drop one")
+            ratio, allocation = 1.0 - pattern[0] / pattern[1], "layer"
         if ratio is None and (method != "lobs" or max_error is None):
             raise OptionError(f"--ratio auto: {method} needs a number (or, for lobs, --max-layer-error)")
         damping = float(options.get("damping", 0.01))
@@ -74,6 +83,8 @@ class Settings:
             int(options.seed),
             batchnorm,
             samples or None,
+            pattern,
+            min_density(options),
         )
 
     def collect(self, providers: Iterable[str]) -> CollectSettings:

@@ -6,6 +6,9 @@ weights are zeroed, with no update of the others. For a Conv, x_i is a column of
 (input channel c at kernel position k, over samples and output positions, with the layer's padding):
 the row of filter j holds its C/g * kh * kw entries. Biases are kept.
 
+With --pattern N:M (onnxprune.methods.nm_pattern), every group of M consecutive inputs of a row (per kernel
+position) keeps its N highest scores instead; layers whose input size is not a multiple of M stay dense.
+
 Structured (--structured): channel c of a group scores sum over the group's consumers of
 sum_{j, k} |W[j, c, k]| ||x_{c,k}||_2 (over every position the channel occupies in the consumer, e.g. the
 H*W positions after a Flatten); the lowest --ratio of each group's channels are removed physically.
@@ -23,6 +26,7 @@ from ..plan import PruningPlan
 from ..stats import layer_statistics
 from .base import Method, MethodContext
 from .neurons import activity_settings, nonzero_params
+from .nm_pattern import PATTERN_OPTION, conformance, parse_pattern, pattern_keep
 from .options import MethodOption
 from .select import lowest, repair_empty
 
@@ -44,18 +48,24 @@ def row_mask(scores: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def _decide_unstructured(ctx: MethodContext) -> PruningPlan:
-    ratio = _ratio(ctx)
+    pattern = parse_pattern(ctx.options.get("pattern"))
+    ratio = _ratio(ctx) if pattern is None else None
     targets = select(masking_layers(ctx.index).values(), ctx.options.include, ctx.options.exclude)
     stats = layer_statistics(ctx.model, ctx.calibration, targets, activity_settings(ctx))
     space, rows = Workspace(ctx.index), []
     for layer in targets:
         matrix = layer.oik(space.get(layer.weight))  # a view into the workspace
         scores = np.abs(matrix) * stats[layer.node].column_norms(layer)
-        keep = row_mask(scores.reshape(len(scores), -1), ratio).reshape(matrix.shape)
+        if pattern is not None:
+            keep = pattern_keep(scores, pattern)
+        else:
+            keep = row_mask(scores.reshape(len(scores), -1), ratio).reshape(matrix.shape)
         matrix *= keep
         rows.append({"node": layer.node, "weights": int(keep.size), "kept": int(keep.sum())})
     plan = PruningPlan(frozenset(), space.changed(), "wanda")
     notes = {"layers": rows, "nonzero_params_after": nonzero_params(ctx.index, ctx.analysis, plan)}
+    if pattern is not None:
+        notes["pattern"] = conformance(pattern, {t.node: t.oik(space.get(t.weight)) for t in targets})
     return PruningPlan(plan.removed, plan.updates, "wanda", notes)
 
 
@@ -114,4 +124,5 @@ OPTIONS = (
     MethodOption(
         "--structured/--unstructured", "structured", False, "wanda: score and remove whole channels", is_flag=True
     ),
+    PATTERN_OPTION,
 )

@@ -1,0 +1,82 @@
+"""Guards of the lobs allocation: no layer is emptied unless asked, and predictions that the measurement
+contradicts are reported.
+
+- Floor: a layer of R rows and S weights keeps at least max(R, ceil(d * S)) weights, d =
+  `--min-layer-density` (default 0: the floor is then R, one weight per output on average). Its removal
+  trace is cut there, so no allocation (global, output, layer, --max-layer-error) can go below it.
+  `--allow-empty-layers` lifts the floor (min_density() returns None). Why: the global
+  allocation trusts each layer's *predicted* error; L-OBS's faithful prediction (no downdates) can be
+  orders of magnitude too low (a 512x214 classifier predicted 10.4, measured 875.5), and then a whole
+  layer goes for free and the model's output becomes a constant.
+- Disagreement: a layer whose measured error (on the calibration inputs, undamped) exceeds RATIO times
+  its predicted error while being at least FLOOR of its output energy is listed in the report
+  (`error_disagreements`) and logged as a warning: the allocation was steered by a wrong number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from ..errors import OptionError
+from .options import MethodOption
+
+log = logging.getLogger("onnxprune")
+
+#: measured / predicted layer error above which a layer is reported
+RATIO = 3.0
+#: ... when the measured error is also at least this share of the layer's output energy
+FLOOR = 1e-3
+
+OPTIONS = (
+    MethodOption(
+        "--min-layer-density",
+        "min_layer_density",
+        0.0,
+        "lobs: every layer keeps at least this share of its weights and at least one weight per output row on "
+        "average (0 = only the latter), whatever the allocation",
+        float,
+    ),
+    MethodOption(
+        "--allow-empty-layers",
+        "allow_empty_layers",
+        False,
+        "lobs: lift the floor of --min-layer-density (an allocation may then remove every weight of a layer)",
+        is_flag=True,
+    ),
+)
+
+
+def min_density(options) -> float | None:
+    """The checked floor option; None when --allow-empty-layers lifts the floor."""
+    value = float(options.get("min_layer_density", 0.0) or 0.0)
+    if not 0.0 <= value <= 1.0:
+        raise OptionError(f"--min-layer-density {value}: must be in [0, 1] (a share of each layer's weights)")
+    return None if options.get("allow_empty_layers", False) else value
+
+
+def removal_limit(rows: int, size: int, density: float | None) -> int:
+    """The most weights a layer of `rows` rows and `size` weights may lose."""
+    if density is None:
+        return size
+    keep = max(rows, math.ceil(density * size - 1e-9))
+    return max(0, size - min(keep, size))
+
+
+def disagreements(notes: list[dict]) -> list[dict]:
+    """The layer notes whose measured error contradicts the predicted one; each is logged."""
+    found = []
+    for note in notes:
+        predicted, measured = note["predicted_error"], note["measured_error"]
+        if measured > RATIO * max(predicted, 0.0) and note["relative_error"] >= FLOOR:
+            found.append({"layer": note["layer"], "predicted_error": predicted, "measured_error": measured})
+            log.warning(
+                "lobs: layer '%s': measured error %.4g is %s the predicted %.4g; predicted errors steer the "
+                "global allocation and --max-layer-error (--lobs-mode exact/sparsegpt predict exactly; "
+                "--lobs-allocation output measures)",
+                note["layer"],
+                measured,
+                f"{measured / predicted:.1f}x" if predicted > 0 else "far above",
+                predicted,
+            )
+    return found
