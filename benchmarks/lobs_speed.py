@@ -28,8 +28,7 @@ import numpy as np
 
 from onnxprune.layers import Layer
 from onnxprune.methods import lobs_sparsegpt
-from onnxprune.methods.lobs import prune_layer
-from onnxprune.methods.obs_settings import Settings
+from onnxprune.methods.lobs import layer_settings, prune_layer
 from onnxprune.stats.linalg import layer_error
 
 #: (rows, inputs, rows OBC runs on; 0 = OBC extrapolated only)
@@ -55,7 +54,7 @@ def hessian(inputs: int, seed: int) -> np.ndarray:
 def run(rows: int, inputs: int, density: float, h: np.ndarray, w: np.ndarray, mode: str):
     layer = Layer("bench", "Gemm", "w", "x", "z", (inputs, rows), "cols", 1, 1, (), {})
     start = time.perf_counter()
-    out = prune_layer(layer, w, h, Settings(ratio=1.0 - density, mode=mode, allocation="layer"))
+    out = prune_layer(layer, w, h, layer_settings(1.0 - density, lobs_mode=mode, lobs_allocation="layer"))
     return time.perf_counter() - start, out.measured / out.energy
 
 

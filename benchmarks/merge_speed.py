@@ -55,7 +55,7 @@ def fc_model(n: int, d: int, seed: int = 0) -> onnx.ModelProto:
 def measure(n: int, d: int) -> tuple[float, float, int]:
     model = fc_model(n, d)
     index = GraphIndex.build(model)
-    ctx = MethodContext(model, index, analyze(index), PruneOptions(ratio=0.5, include="fc6"))
+    ctx = MethodContext.build(MERGE, model, index, analyze(index), PruneOptions(ratio=0.5, include="fc6"))
     start = time.perf_counter()
     plan = MERGE.decide(ctx)
     seconds = time.perf_counter() - start
@@ -70,7 +70,7 @@ def precision_check(n: int, d: int) -> str:
     """The float32 Gram (used above FLOAT32_GRAM_WORK) against float64 on the same group: same decision?"""
     model = fc_model(n, d)
     index = GraphIndex.build(model)
-    ctx = MethodContext(model, index, analyze(index), PruneOptions(ratio=0.5, include="fc6"))
+    ctx = MethodContext.build(MERGE, model, index, analyze(index), PruneOptions(ratio=0.5, include="fc6"))
     fast = MERGE.decide(ctx)
     threshold, merge_greedy.FLOAT32_GRAM_WORK = merge_greedy.FLOAT32_GRAM_WORK, 2**62
     try:

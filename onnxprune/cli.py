@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import io
 from .errors import OnnxPruneError, OptionError
@@ -140,7 +141,9 @@ def prune_command(
     for side_file in (report_path, plan_path):
         if side_file is not None:
             io.check_output_path(model, side_file)
-    options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, extra)
+    given = click.get_current_context().get_parameter_source
+    chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
+    options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen)
     pipeline = PipelineOptions(
         calib_samples=calib_samples,
         validate_samples=validate_samples,

@@ -24,11 +24,13 @@ from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
 from .methods.base import Method, MethodContext, PruneOptions
-from .methods.registry import get_method
+from .methods.options import unused_options
+from .methods.registry import get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
 from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
 from .report import build_report, group_rows, write_json
+from .stats import CollectSettings, Statistics
 from .validate import random_feeds, validate
 
 
@@ -140,25 +142,22 @@ def prune(
     """
     options = options or PruneOptions()
     pipeline = pipeline or PipelineOptions(**pipeline_fields)
-    misplaced = sorted(set(options.extra) & {f.name for f in fields(PipelineOptions)})
-    if misplaced:
-        raise OptionError(
-            f"PruneOptions.extra: {misplaced[0]!r} is a pipeline option, not a method's; "
-            f"pass prune(..., {misplaced[0]}=...) or PipelineOptions({misplaced[0]}=...)"
-        )
     timer = _Timer()
     with timer("load"):
         source = _Source.load(model)
         current = _prologue(source.model)
     methods = _methods(method)
+    _check_options(methods, options)
     providers = _providers(methods, pipeline)
     calib = _calibration(calibration, source.signature, pipeline.calib_samples, methods)
+    collect = CollectSettings(pipeline.batch_size, providers, pipeline.progress)
+    stats = None if calib is None else Statistics(calib, collect)
     checks = _validation_data(validation_data, calib, source.signature, pipeline) if pipeline.run_validation else None
     steps: list[Step] = []
     plan_steps: list[PlanStep] = []
     for meth in methods:
         for iteration in range(pipeline.iterations if meth.needs_data else 1):
-            current, step, plan_step = _run_step(current, meth, options, calib, providers, pipeline, timer)
+            current, step, plan_step = _run_step(current, meth, options, stats, timer)
             if pipeline.iterations > 1 and meth.needs_data and checks is not None:
                 step = replace(step, validation=_validate(source, current, checks, providers))
             steps.append(replace(step, iteration=iteration + 1))
@@ -181,6 +180,7 @@ def prune(
         steps=[s.as_report() for s in steps],
         validation=validation,
         validation_source=_validation_source(validation_data, calib) if validation is not None else None,
+        statistics=[p.as_dict() for p in stats.passes] if stats is not None else [],
         seconds=timer.seconds,
     )
     report["model"] = source.name
@@ -255,13 +255,13 @@ def _run_prepasses(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.Model
     return PassManager([PASSES[name] for name in names]).run(model) if names else model
 
 
-def _run_step(model, meth: Method, options: PruneOptions, calib, providers, pipeline: PipelineOptions, timer):
+def _run_step(model, meth: Method, options: PruneOptions, stats: Statistics | None, timer):
     with timer("analyze"):
         model = _run_prepasses(model, meth.prepasses)
         index = GraphIndex.build(model)
         analysis = analyze(index)
     with timer("decide"):
-        ctx = MethodContext(model, index, analysis, _method_options(options, pipeline), calib, providers)
+        ctx = MethodContext.build(meth, model, index, analysis, options, stats)
         plan = meth.decide(ctx)
         del ctx
         index.release()
@@ -274,9 +274,18 @@ def _run_step(model, meth: Method, options: PruneOptions, calib, providers, pipe
     return pruned, step, PlanStep(meth.name, meth.prepasses, fingerprint(analysis), plan)
 
 
-def _method_options(options: PruneOptions, pipeline: PipelineOptions) -> PruneOptions:
-    """The options a method reads: its own, plus the pipeline's batch size and progress switch."""
-    return replace(options, extra={**options.extra, "batch_size": pipeline.batch_size, "progress": pipeline.progress})
+def _check_options(methods: list[Method], options: PruneOptions) -> None:
+    """Every method option given must be one that a chosen method takes (a pipeline option given as a
+    method option is named as such); the values are checked when each method's settings are built."""
+    for name in unused_options([m.options for m in methods], options.extra):
+        chosen = ",".join(m.name for m in methods)
+        flag = "--" + name.replace("_", "-")
+        if name in {f.name for f in fields(PipelineOptions)}:
+            raise OptionError(f"{flag} is a pipeline option, not a method's: pass prune(..., {name}=...)")
+        owners = methods_taking(name)
+        if owners:
+            raise OptionError(f"{flag} does not apply to --method {chosen}; it is an option of {', '.join(owners)}")
+        raise OptionError(f"{flag}: no method has this option; `onnxprune prune --help` lists them")
 
 
 def _calibration(calibration, model, limit, methods) -> Dataset | None:

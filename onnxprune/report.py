@@ -33,10 +33,11 @@ def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict
 
 def build_report(
     *, method: str, options, pipeline, before: dict, model, macs_after: int, steps: list[dict], validation,
-    validation_source: str | None, seconds: dict,
+    validation_source: str | None, statistics: list[dict], seconds: dict,
 ) -> dict:  # fmt: skip
     """The JSON report of a prune, built in one place: sizes before and after, per-step rows (the
-    groups of a single step at the top level), validation and timings."""
+    groups of a single step at the top level), the onnxruntime passes of the statistics stage,
+    validation and timings."""
     report = {
         "method": method,
         "options": {**options.as_dict(), **{k: v for k, v in vars(pipeline).items() if k != "progress"}},
@@ -49,6 +50,7 @@ def build_report(
         "file_bytes_after": model.ByteSize(),
         "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
         "steps": steps,
+        "statistics": statistics,
     }
     if validation is not None:
         report["validation"] = validation

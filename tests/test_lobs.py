@@ -17,8 +17,7 @@ from onnxprune.graph import GraphIndex
 from onnxprune.io import load_model, save_model
 from onnxprune.layers import layer_weights, obs_layers, with_updates
 from onnxprune.methods import lobs
-from onnxprune.methods.lobs import prune_layer
-from onnxprune.methods.obs_settings import Settings
+from onnxprune.methods.lobs import layer_settings, prune_layer
 from onnxprune.stats import CollectSettings, collect_stats
 from onnxprune.stats.hessian import input_rows
 
@@ -78,7 +77,7 @@ def test_removing_one_weight_gives_the_least_squares_optimum_for_its_mask():
     model = _mlp(1)
     data = _data(model, 64)
     layer, h, m0 = _layer_and_hessian(model, data, "fc1")
-    settings = Settings(ratio=1.5 / (layer.outputs * layer.inputs), damping=0.0)
+    settings = layer_settings(1.5 / (layer.outputs * layer.inputs), damping=0.0)
     out = prune_layer(layer, m0, h, settings)
     changed = np.flatnonzero(np.any(out.matrix != m0, axis=1))
     assert len(changed) == 1
@@ -120,8 +119,8 @@ def test_exact_mode_beats_faithful_mode_and_plain_zeroing():
     model = _mlp(3, sizes=(8, 24, 16, 3))
     data = _data(model, 96)
     layer, h, m0 = _layer_and_hessian(model, data, "fc1")
-    exact = prune_layer(layer, m0, h, Settings(ratio=0.7, mode="exact"))
-    faithful = prune_layer(layer, m0, h, Settings(ratio=0.7, mode="faithful"))
+    exact = prune_layer(layer, m0, h, layer_settings(0.7, lobs_mode="exact"))
+    faithful = prune_layer(layer, m0, h, layer_settings(0.7, lobs_mode="faithful"))
     assert exact.measured < faithful.measured
     zeroed = np.array(m0)
     weights = zeroed[:, : layer.inputs]
@@ -135,11 +134,11 @@ def test_max_layer_error_removes_while_the_relative_error_fits():
     data = _data(model, 64)
     layer, h, m0 = _layer_and_hessian(model, data, "fc1")
     tolerance = 0.05
-    out = prune_layer(layer, m0, h, Settings(ratio=None, max_error=tolerance, damping=0.0))
+    out = prune_layer(layer, m0, h, layer_settings(None, max_layer_error=tolerance, damping=0.0))
     assert out.predicted <= tolerance * out.energy
     assert out.measured == pytest.approx(out.predicted, rel=1e-6)
     assert 0.0 < out.density < 1.0
-    more = prune_layer(layer, m0, h, Settings(ratio=1.0 - out.density + 1.5 / m0[:, :-1].size, damping=0.0))
+    more = prune_layer(layer, m0, h, layer_settings(1.0 - out.density + 1.5 / m0[:, :-1].size, damping=0.0))
     assert more.predicted > tolerance * out.energy  # one more removal would not fit
 
 
@@ -160,7 +159,7 @@ def test_dead_inputs_have_their_weights_zeroed():
     data = _data(model, 40)
     data.feeds["x"][:, 3] = 0.0
     layer, h, m0 = _layer_and_hessian(model, data, "fc0")
-    out = prune_layer(layer, m0, h, Settings(ratio=0.0))
+    out = prune_layer(layer, m0, h, layer_settings(0.0))
     assert np.all(out.matrix[:, 3] == 0)
     assert out.measured == pytest.approx(0.0, abs=1e-12)
     assert np.allclose(np.delete(out.matrix, 3, axis=1), np.delete(m0, 3, axis=1))

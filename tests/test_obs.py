@@ -171,7 +171,8 @@ def test_obs_beats_magnitude_on_the_digits_mlp():
     test = load_dataset("models/digits_test.npz", model, 300)
     accuracy = {}
     for method in ("obs", "magnitude"):
-        result = prune(model, method, _options(0.6), calibration=calib, validation_data=test, validate_samples=300)
+        options = _options(0.6) if method == "obs" else PruneOptions(ratio=0.6)
+        result = prune(model, method, options, calibration=calib, validation_data=test, validate_samples=300)
         accuracy[method] = result.report["validation"]["accuracy_after"]
     assert accuracy["obs"] > accuracy["magnitude"] + 0.05
 

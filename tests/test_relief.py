@@ -22,18 +22,19 @@ from onnxprune.layers import Workspace, affine, masking_layers
 from onnxprune.methods.base import MethodContext
 from onnxprune.methods.neurons import silent_exits
 from onnxprune.methods.relief import RELIEF, alpha_keep, relief_scores
-from onnxprune.stats import CollectSettings, layer_statistics
+from onnxprune.stats import CollectSettings, Statistics
 
 
 def context(model, feeds: dict, **extra) -> MethodContext:
     index = GraphIndex.build(model)
-    return MethodContext(model, index, analyze(index), PruneOptions(extra=extra), Dataset(feeds))
+    stats = Statistics(Dataset(feeds), CollectSettings())
+    return MethodContext.build(RELIEF, model, index, analyze(index), PruneOptions(extra=extra), stats)
 
 
 def scores_of(model, feeds: dict, node: str):
     ctx = context(model, feeds)
     layer = masking_layers(ctx.index)[node]
-    stats = layer_statistics(ctx.model, ctx.calibration, [layer], CollectSettings(), relief_weights=ctx.index)[node]
+    stats = ctx.stats.activity(ctx.model, [layer], relief_weights=ctx.index)[node]
     space = Workspace(ctx.index)
     scale, shift = affine(layer, space)
     return relief_scores(layer, space.get(layer.weight), stats, scale, shift)

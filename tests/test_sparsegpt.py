@@ -22,7 +22,7 @@ from onnxprune.io import load_model, save_model
 from onnxprune.layers import layer_weights
 from onnxprune.layers import obs_layers as find_layers
 from onnxprune.methods import lobs
-from onnxprune.methods.lobs import prune_layer
+from onnxprune.methods.lobs import layer_settings, prune_layer
 from onnxprune.methods.lobs_sparsegpt import refine_kept, sparsegpt, sparsegpt_nm, split_counts, sweep, upper_root
 from onnxprune.methods.nm_pattern import conforms, nm_keep, parse_pattern
 from onnxprune.methods.obs_settings import Settings
@@ -152,8 +152,8 @@ def test_sparsegpt_matches_obc_exact_on_small_layers(seed, name, ratio):
     layer = find_layers(GraphIndex.build(model))[0][name]
     h = collect_stats(model, [layer], data, None, CollectSettings(batch_size=64))[name].hessian
     m0 = layer_weights(GraphIndex.build(model), layer)
-    obc = prune_layer(layer, m0, h, Settings(ratio=ratio, mode="exact", allocation="layer"))
-    sgpt = prune_layer(layer, m0, h, Settings(ratio=ratio, mode="sparsegpt", allocation="layer"))
+    obc = prune_layer(layer, m0, h, layer_settings(ratio, lobs_mode="exact", lobs_allocation="layer"))
+    sgpt = prune_layer(layer, m0, h, layer_settings(ratio, lobs_mode="sparsegpt", lobs_allocation="layer"))
     assert sgpt.density == pytest.approx(obc.density)
     assert sgpt.measured <= 2.0 * obc.measured
     weights = np.ascontiguousarray(m0[:, : layer.inputs])
@@ -244,8 +244,8 @@ def test_pattern_conforms_on_every_pruned_layer_and_skips_the_others(method, pat
     model = _convnet(1)
     data = _data(model, 32)
     n, m = parse_pattern(pattern)
-    options = PruneOptions(ratio=0.5, extra={"pattern": pattern, "max_positions": 0})
-    result = prune(model, method, options, calibration=data, run_validation=False)
+    extra = {"pattern": pattern, **({"max_positions": 0} if method == "lobs" else {})}
+    result = prune(model, method, PruneOptions(ratio=0.5, extra=extra), calibration=data, run_validation=False)
     step = result.report["steps"][0]
     updates = result.plans[0].updates
     checked = _conforming(step, model, updates, (n, m))
@@ -274,10 +274,8 @@ def test_compensated_2_4_has_less_layer_error_than_wanda_2_4():
     data = _data(model, 256)
     errors = {}
     for method in ("lobs", "wanda"):
-        result = prune(
-            model, method, PruneOptions(ratio=0.5, extra={"pattern": "2:4", "max_positions": 0}), calibration=data,
-            run_validation=False,
-        )  # fmt: skip
+        extra = {"pattern": "2:4", **({"max_positions": 0} if method == "lobs" else {})}
+        result = prune(model, method, PruneOptions(ratio=0.5, extra=extra), calibration=data, run_validation=False)
         layer = find_layers(GraphIndex.build(model))[0]["fc1"]
         h = collect_stats(model, [layer], data, None, CollectSettings(batch_size=64))["fc1"].hessian
         index = GraphIndex.build(model)
@@ -290,7 +288,8 @@ def test_compensated_2_4_has_less_layer_error_than_wanda_2_4():
 
 def test_pattern_with_max_layer_error_is_an_option_error():
     with pytest.raises(OptionError, match="--pattern"):
-        Settings.from_options(PruneOptions(ratio=0.5, extra={"pattern": "2:4", "max_layer_error": 0.1}), "lobs")
+        options = PruneOptions(ratio=0.5, extra={"pattern": "2:4", "max_layer_error": 0.1})
+        Settings.build(options, lobs.LOBS.settings(options.extra), "lobs")
 
 
 # ---- guards ------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """What every pruning method gets and gives.
 
-A method reads a MethodContext (the model, its channel analysis, the options, and calibration data if
-it needs some) and returns a PruningPlan. It never edits the model: the shrink does.
+A method declares its options (a table of MethodOption: its typed settings are built from it) and the
+statistics it reads (kinds of onnxprune.stats.Statistics). It reads a MethodContext (the model, its
+channel analysis, the common options, its settings, and the statistics stage limited to what it
+declared) and returns a PruningPlan. It never edits the model: the shrink does, and it never runs
+onnxruntime itself: the statistics stage does.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,8 @@ from ..analysis import Analysis, Group
 from ..errors import OptionError
 from ..graph import GraphIndex
 from ..plan import PruningPlan
+from ..stats import Statistics
+from .options import MethodOption, build_settings
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,24 @@ class PruneOptions:
 
 @dataclass(frozen=True)
 class MethodContext:
-    """Inputs of a method's decide()."""
+    """Inputs of a method's decide(): `settings` are its typed settings (Method.settings), `stats` the
+    statistics stage limited to the kinds it declared (None for a data-free method)."""
 
     model: onnx.ModelProto
     index: GraphIndex
     analysis: Analysis
     options: PruneOptions
-    calibration: Any = None
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    settings: Any = None
+    stats: Statistics | None = None
+
+    @classmethod
+    def build(
+        cls, method: Method, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, options: PruneOptions,
+        stats: Statistics | None = None,
+    ) -> MethodContext:  # fmt: skip
+        """The context `method` gets: its settings from options.extra, the stats view of its kinds."""
+        view = stats.for_method(method.name, method.statistics) if stats is not None and method.needs_data else None
+        return cls(model, index, analysis, options, method.settings(options.extra), view)
 
     def eligible_groups(self) -> list[Group]:
         """Prunable groups whose producers match --include and none matches --exclude."""
@@ -89,12 +104,22 @@ class MethodContext:
 class Method:
     """A pruning method: `decide(ctx) -> PruningPlan`.
 
-    `prepasses` are rewrites the method needs first (e.g. BatchNorm folding for merge); `needs_data`
-    says whether calibration data is required.
+    `statistics`: the kinds of calibration statistics it reads (onnxprune.stats.KINDS; none: data-free);
+    `prepasses`: rewrites it needs first, by name in onnxprune.passes.PASSES (e.g. BatchNorm folding
+    for merge); `options`: its option table, from which its settings are built.
     """
 
     name: str
     decide: Callable[[MethodContext], PruningPlan]
-    needs_data: bool = False
+    statistics: tuple[str, ...] = ()
     prepasses: tuple[str, ...] = ()
     description: str = ""
+    options: tuple[MethodOption, ...] = ()
+
+    @property
+    def needs_data(self) -> bool:
+        return bool(self.statistics)
+
+    def settings(self, values: Mapping[str, Any]) -> Any:
+        """The typed settings of this method from option values by name (defaults from the table)."""
+        return build_settings(self.name, self.options, values)

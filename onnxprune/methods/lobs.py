@@ -67,16 +67,16 @@ from ..errors import ValidationError
 from ..graph import GraphIndex
 from ..layers import Layer, layer_weights, obs_layers, select, write_layer
 from ..plan import PruningPlan
-from ..stats import LayerStats, OutputProbe, collect_on_updated, layer_waves
+from ..stats import LayerStats, layer_waves
 from ..stats.linalg import prepare
-from .base import Method, MethodContext
+from .base import Method, MethodContext, PruneOptions
 from .lobs_allocation import Curve, grid_counts, hull_allocation, output_curves
 from .lobs_bn import LayerView, batchnorm_view, model_values, plain_view, view_weights
 from .lobs_guard import OPTIONS as GUARD_OPTIONS
 from .lobs_guard import disagreements, removal_limit
 from .lobs_sparsegpt import Sweep, solver, sweep_curve
 from .nm_pattern import PATTERN_OPTION, conformance, skip_reason
-from .obs_settings import Settings
+from .obs_settings import ALLOCATIONS, BATCHNORM, MODES, SHARED_OPTIONS, Settings
 from .options import MethodOption
 from .select import repair_empty
 
@@ -343,7 +343,7 @@ def zero_read_channels(ctx: MethodContext, updates: dict[str, np.ndarray]) -> se
 
 
 def _decide(ctx: MethodContext) -> PruningPlan:
-    settings = Settings.from_options(ctx.options, "lobs")
+    settings = Settings.build(ctx.options, ctx.settings, "lobs")
     found, skipped = obs_layers(ctx.index)
     views = _views(ctx.index, select(found.values(), ctx.options.include, ctx.options.exclude), settings)
     by_node = {view.node: view for view in views}
@@ -423,12 +423,10 @@ def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], upda
     """One onnxruntime pass and each layer's removal trace. Once `updates` exist (--sequential), the
     statistics are taken on the model with them applied, paired with the original model's."""
     layers = [v.layer for v in views]
-    stats = collect_on_updated(
-        ctx.model, layers, ctx.calibration, updates, settings.collect(ctx.providers), description
-    )
+    stats = ctx.stats.hessians(ctx.model, layers, updates, settings.max_positions, settings.seed, description)
     return [
         trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
-        for v in tqdm(views, "lobs layers", unit="layer", disable=not settings.progress, leave=False)
+        for v in tqdm(views, "lobs layers", unit="layer", disable=not ctx.stats.settings.progress, leave=False)
     ]
 
 
@@ -458,8 +456,7 @@ class OutputAllocator(GlobalAllocator):
     def __init__(self, ctx: MethodContext, settings: Settings, views: list[LayerView]) -> None:
         super().__init__(ctx, settings, views)
         names = [n for v in views for n in (v.model_layer.weight, v.model_layer.obs_bias, v.mean) if n]
-        data = ctx.calibration.take(settings.allocation_samples)
-        self.probe = OutputProbe(ctx.model, names, data, settings.batch_size, ctx.providers)
+        self.probe = ctx.stats.output_probe(ctx.model, names, settings.allocation_samples)
         self.index, self.views = ctx.index, {v.node: v for v in views}
         self.curves: dict[str, Curve] = {}
         self.left = 0
@@ -501,13 +498,6 @@ def _overall_density(outcomes: list[LayerOutcome]) -> float:
     return kept / total if total else 1.0
 
 
-LOBS = Method(
-    "lobs",
-    _decide,
-    needs_data=True,
-    description="layer-wise OBS, unstructured: zeros with least-squares compensation (--ratio = weights removed)",
-)
-EXPORTED = (LOBS,)
 OPTIONS = (
     MethodOption(
         "--lobs-mode",
@@ -516,6 +506,7 @@ OPTIONS = (
         "lobs: exact (OBC greedy per row), sparsegpt (one column sweep per layer), auto (exact while rows x "
         "inputs^3 <= 1e10, else sparsegpt) or faithful (L-OBS)",
         str,
+        choices=MODES,
     ),
     PATTERN_OPTION,
     *GUARD_OPTIONS,
@@ -528,6 +519,7 @@ OPTIONS = (
         "passes of --allocation-samples samples per layer) or layer (--ratio of every layer's weights, the paper's "
         "per-layer target)",
         str,
+        choices=ALLOCATIONS,
     ),
     MethodOption(
         "--allocation-samples",
@@ -535,6 +527,8 @@ OPTIONS = (
         0,
         "lobs: calibration samples on which --lobs-allocation output measures the output errors (0 = all)",
         int,
+        minimum=0,
+        minimum_hint="0, the default, uses every sample",
     ),
     MethodOption(
         "--lobs-batchnorm",
@@ -543,6 +537,7 @@ OPTIONS = (
         "lobs: absorb (a layer read only by a BatchNormalization is pruned for the error after the BN, and a "
         "bias-free one gets its bias through the BN mean) or ignore",
         str,
+        choices=BATCHNORM,
     ),
     MethodOption(
         "--max-layer-error",
@@ -552,19 +547,20 @@ OPTIONS = (
         "output energy",
         float,
     ),
-    MethodOption("--damping", "damping", 0.01, "lobs/obs: Hessian damping lambda (H += lambda mean(diag H) I)", float),
-    MethodOption(
-        "--sequential",
-        "sequential",
-        False,
-        "lobs/obs: collect each layer's statistics on the model already pruned before it (more passes)",
-        is_flag=True,
-    ),
-    MethodOption(
-        "--max-positions",
-        "max_positions",
-        4096,
-        "lobs/obs: rows per batch and layer sampled for the Hessian (Conv positions, tokens); 0 = all",
-        int,
-    ),
+    *SHARED_OPTIONS,
 )
+LOBS = Method(
+    "lobs",
+    _decide,
+    statistics=("hessian", "outputs"),
+    description="layer-wise OBS, unstructured: zeros with least-squares compensation (--ratio = weights removed)",
+    options=OPTIONS,
+)
+EXPORTED = (LOBS,)
+
+
+def layer_settings(ratio: float | None, **values) -> Settings:
+    """The lobs Settings for pruning single layers (prune_layer): `ratio` (None: --max-layer-error) and
+    option values by name (e.g. lobs_mode="exact"); every other value from the option table."""
+    options = PruneOptions(ratio="auto" if ratio is None else ratio, extra=values)
+    return Settings.build(options, LOBS.settings(values), "lobs")

@@ -47,12 +47,12 @@ OPTIONS = (
 )
 
 
-def min_density(options) -> float | None:
-    """The checked floor option; None when --allow-empty-layers lifts the floor."""
-    value = float(options.get("min_layer_density", 0.0) or 0.0)
+def min_density(settings) -> float | None:
+    """The checked floor of lobs' typed `settings`; None when --allow-empty-layers lifts the floor."""
+    value = float(settings.min_layer_density)
     if not 0.0 <= value <= 1.0:
         raise OptionError(f"--min-layer-density {value}: must be in [0, 1] (a share of each layer's weights)")
-    return None if options.get("allow_empty_layers", False) else value
+    return None if settings.allow_empty_layers else value
 
 
 def removal_limit(rows: int, size: int, density: float | None) -> int:

@@ -32,7 +32,7 @@ def channel_norms(ctx: MethodContext, group, order: int = 2) -> np.ndarray:
 
 
 def _decide_magnitude(ctx: MethodContext) -> PruningPlan:
-    order = int(ctx.options.get("norm", 2))
+    order = ctx.settings.norm
     removed, scores, notes = set(), {}, {}
     for group in ctx.eligible_groups():
         norms = channel_norms(ctx, group, order)
@@ -56,7 +56,9 @@ def _decide_random(ctx: MethodContext) -> PruningPlan:
     return PruningPlan(frozenset(removed), {}, "random", {})
 
 
-MAGNITUDE = Method("magnitude", _decide_magnitude, description="L1/L2 norm of each channel's producer weights")
+OPTIONS = (MethodOption("--norm", "norm", 2, "magnitude: 1 for the L1 norm, 2 for the L2 norm", int, choices=(1, 2)),)
+MAGNITUDE = Method(
+    "magnitude", _decide_magnitude, description="L1/L2 norm of each channel's producer weights", options=OPTIONS
+)
 RANDOM = Method("random", _decide_random, description="uniformly random channels (seeded)")
 EXPORTED = (MAGNITUDE, RANDOM)
-OPTIONS = (MethodOption("--norm", "norm", 2, "magnitude: 1 for the L1 norm, 2 for the L2 norm", type=int),)

@@ -60,22 +60,18 @@ class MergeSettings:
 
     @classmethod
     def from_context(cls, ctx: MethodContext) -> MergeSettings:
-        options = ctx.options
-        max_ratio = float(options.get("max_ratio", 0.9))
+        options, typed = ctx.options, ctx.settings
+        max_ratio = typed.max_ratio
         if not 0.0 <= max_ratio < 1.0:
             raise OptionError(f"--max-ratio {max_ratio}: must be in [0, 1); 0.9 lets auto remove up to 90%")
         auto = options.ratio == "auto"
-        plot = options.get("plot")
-        scale = str(options.get("merge_scale", "lsq"))
-        if scale not in SCALES:
-            raise OptionError(f"--merge-scale {scale}: unknown; use lsq (least-squares, default) or paper")
         return cls(
             auto=auto,
             ratio=max_ratio if auto else float(options.ratio),
-            normalize=bool(options.get("merge_normalize", True)),
-            surgery=not bool(options.get("no_surgery", False)),
-            scale=scale,
-            plot=_plot_dir(plot) if plot else None,
+            normalize=typed.merge_normalize,
+            surgery=not typed.no_surgery,
+            scale=typed.merge_scale,
+            plot=_plot_dir(typed.plot) if typed.plot else None,
         )
 
 
@@ -334,14 +330,6 @@ def plot_curves(folder: Path, ctx: MethodContext, curves: dict[int, list[float]]
 
 SCALES = ("lsq", "paper")
 
-MERGE = Method(
-    "merge",
-    _decide,
-    needs_data=False,
-    prepasses=("fold",),
-    description="data-free neuron merging: delete the most similar channel, add its outgoing weights to its twin",
-)
-EXPORTED = (MERGE,)
 OPTIONS = (
     MethodOption(
         "--merge-normalize/--no-merge-normalize",
@@ -357,6 +345,7 @@ OPTIONS = (
         "merge, normalized variant: surgery a_i += alpha a_j with the least-squares alpha = max(0, cos) |W_j|/|W_i| "
         "(lsq, default, extends the paper) or the paper's alpha = |W_j|/|W_i| (paper)",
         type=str,
+        choices=SCALES,
     ),
     MethodOption(
         "--no-surgery", "no_surgery", False, "merge: delete without merging (the paper's ablation)", is_flag=True
@@ -366,3 +355,11 @@ OPTIONS = (
     ),
     MethodOption("--plot", "plot", None, "merge: write each group's saliency curve as PNG into this folder", type=str),
 )
+MERGE = Method(
+    "merge",
+    _decide,
+    prepasses=("fold",),
+    description="data-free neuron merging: delete the most similar channel, add its outgoing weights to its twin",
+    options=OPTIONS,
+)
+EXPORTED = (MERGE,)

@@ -35,7 +35,7 @@ from ..analysis import Analysis
 from ..graph import GraphIndex
 from ..layers import Layer, Workspace
 from ..plan import PruningPlan
-from ..stats import CollectSettings, Range, input_ranges
+from ..stats import Range
 from .base import MethodContext
 from .bias_fold import contribution, fold, foldable
 
@@ -80,7 +80,7 @@ def remove_neurons(ctx: MethodContext, space: Workspace, model: onnx.ModelProto,
     unsafe = silent_exits(ctx.index, ctx.analysis)
     channels = [ch for g in groups for ch in _channels(ctx.analysis, g) if ch.id not in unsafe]
     reads = {role.input: _read_axis(views.get(role.node)) for g in groups for role in g.consumers}
-    ranges = input_ranges(model, ctx.calibration, reads, activity_settings(ctx)) if channels else {}
+    ranges = ctx.stats.ranges(model, reads) if channels else {}
     guard = _Guard(ctx.analysis, ctx.options.min_keep)
     removed, kept = {}, {}
     changed = True
@@ -225,12 +225,3 @@ def nonzero_params(index: GraphIndex, analysis: Analysis, plan: PruningPlan) -> 
     gone = plan.removed_mask(analysis.num_channels)
     removed = {name: {axis: gone[line] for axis, line in axes.items()} for name, axes in analysis.const_labels.items()}
     return io.nonzero_params(index.model, plan.updates, removed)
-
-
-def activity_settings(ctx: MethodContext) -> CollectSettings:
-    """How relief's and wanda's activity passes run (--batch-size, --progress, the context's providers)."""
-    return CollectSettings(
-        batch_size=int(ctx.options.get("batch_size", 32) or 32),
-        providers=tuple(ctx.providers),
-        progress=bool(ctx.options.get("progress", False)),
-    )

@@ -38,10 +38,10 @@ import numpy as np
 from ..analysis import Group
 from ..layers import Layer, layer_weights, obs_layers, write_layer
 from ..plan import PruningPlan
-from ..stats import LayerStats, collect_on_updated, layer_waves
+from ..stats import LayerStats, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
-from .obs_settings import Settings
+from .obs_settings import SHARED_OPTIONS, Settings
 from .options import MethodOption
 from .select import keep_count, repair_empty
 
@@ -246,8 +246,8 @@ def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> t
 
 
 def _decide(ctx: MethodContext) -> PruningPlan:
-    settings = Settings.from_options(ctx.options, "obs")
-    forced = int(ctx.options.get("obs_step_size", 0) or 0)
+    settings = Settings.build(ctx.options, ctx.settings, "obs")
+    forced = ctx.settings.obs_step_size
     layers, _ = obs_layers(ctx.index)
     tasks, notes = [], {}
     for group in ctx.eligible_groups():
@@ -268,9 +268,8 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         needed = [layers[n] for n in dict.fromkeys(n for t in wave for n in t.consumers) if n not in consumers]
         if needed:
             passes += 1
-            collect = settings.collect(ctx.providers)
             description = f"obs statistics {number + 1}/{len(waves)}"
-            stats = collect_on_updated(ctx.model, needed, ctx.calibration, updates, collect, description)
+            stats = ctx.stats.hessians(ctx.model, needed, updates, settings.max_positions, settings.seed, description)
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
@@ -299,14 +298,8 @@ def _group_waves(ctx: MethodContext, tasks: list[GroupTask], layers: dict[str, L
     return [waves[k] for k in sorted(waves)]
 
 
-OBS = Method(
-    "obs",
-    _decide,
-    needs_data=True,
-    description="structured OBS: remove channels where the consumers' compensated error is least",
-)
-EXPORTED = (OBS,)
 OPTIONS = (
+    *SHARED_OPTIONS,
     MethodOption(
         "--obs-step-size",
         "obs_step_size",
@@ -314,5 +307,15 @@ OPTIONS = (
         "obs: channels removed per greedy step (0 = auto: at most 32 steps per group, 16 for large "
         "consumers; 1 = the exact one-channel greedy)",
         int,
+        minimum=0,
+        minimum_hint="0 chooses the step size per group",
     ),
 )
+OBS = Method(
+    "obs",
+    _decide,
+    statistics=("hessian",),
+    description="structured OBS: remove channels where the consumers' compensated error is least",
+    options=OPTIONS,
+)
+EXPORTED = (OBS,)

@@ -21,11 +21,17 @@ def get_method(name: str) -> Method:
 
 
 def method_options() -> list[MethodOption]:
-    """Every method-specific option, in module order, each flag once."""
+    """Every method-specific option, in registry order, each flag once (options shared by several
+    methods, like lobs/obs --damping, are one object declared once)."""
     seen, options = set(), []
-    for module in _MODULES:
-        for option in getattr(module, "OPTIONS", ()):
+    for method in METHODS.values():
+        for option in method.options:
             if option.dest not in seen:
                 seen.add(option.dest)
                 options.append(option)
     return options
+
+
+def methods_taking(dest: str) -> list[str]:
+    """Names of the methods whose options include `dest`."""
+    return [m.name for m in METHODS.values() if any(o.dest == dest for o in m.options)]

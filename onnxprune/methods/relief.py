@@ -38,9 +38,9 @@ import numpy as np
 from ..errors import OptionError
 from ..layers import Layer, Workspace, add_to_shift, affine, masking_layers, select, with_updates, zero_shift
 from ..plan import PruningPlan
-from ..stats import InputStats, layer_statistics
-from .base import Method, MethodContext, PruneOptions
-from .neurons import Removal, activity_settings, nonzero_params, remove_neurons
+from ..stats import InputStats
+from .base import Method, MethodContext
+from .neurons import Removal, nonzero_params, remove_neurons
 from .options import MethodOption
 
 DEFAULT_ALPHA_FC, DEFAULT_ALPHA_CONV = 0.95, 0.9
@@ -48,12 +48,12 @@ DEFAULT_ALPHA_FC, DEFAULT_ALPHA_CONV = 0.95, 0.9
 _REACH_TOLERANCE = 1e-9
 
 
-def alphas(options: PruneOptions) -> tuple[float, float]:
-    """(alpha_fc, alpha_conv): the specific options, else --alpha, else the paper's defaults."""
-    both = options.get("alpha")
+def alphas(settings) -> tuple[float, float]:
+    """(alpha_fc, alpha_conv) of relief's typed `settings`: the specific options, else --alpha, else the
+    paper's defaults."""
     return (
-        _alpha(options.get("alpha_fc"), "--alpha-fc", both, DEFAULT_ALPHA_FC),
-        _alpha(options.get("alpha_conv"), "--alpha-conv", both, DEFAULT_ALPHA_CONV),
+        _alpha(settings.alpha_fc, "--alpha-fc", settings.alpha, DEFAULT_ALPHA_FC),
+        _alpha(settings.alpha_conv, "--alpha-conv", settings.alpha, DEFAULT_ALPHA_CONV),
     )
 
 
@@ -119,12 +119,12 @@ def _mask_layer(layer: Layer, space: Workspace, stats: InputStats, alpha: float,
 
 
 def _decide(ctx: MethodContext) -> PruningPlan:
-    alpha_fc, alpha_conv = alphas(ctx.options)
+    alpha_fc, alpha_conv = alphas(ctx.settings)
     views = masking_layers(ctx.index)
     targets = select(views.values(), ctx.options.include, ctx.options.exclude)
     space = Workspace(ctx.index)
-    stats = layer_statistics(ctx.model, ctx.calibration, targets, activity_settings(ctx), relief_weights=ctx.index)
-    compensate = bool(ctx.options.get("relief_compensate", False))
+    stats = ctx.stats.activity(ctx.model, targets, relief_weights=ctx.index)
+    compensate = ctx.settings.relief_compensate
     rows = [_mask_layer(t, space, stats[t.node], alpha_conv if t.is_conv else alpha_fc, compensate) for t in targets]
     masked = with_updates(ctx.model, space.changed())
     removal = remove_neurons(ctx, space, masked, views)
@@ -144,13 +144,6 @@ def _notes(ctx: MethodContext, plan: PruningPlan, removal: Removal, rows: list[d
     return notes
 
 
-RELIEF = Method(
-    "relief",
-    _decide,
-    needs_data=True,
-    description="NNrelief: keep each neuron's connections carrying alpha of its input activity, remove idle neurons",
-)
-EXPORTED = (RELIEF,)
 OPTIONS = (
     MethodOption("--alpha", "alpha", None, "relief: activity share kept per neuron, Gemm/MatMul and Conv", type=float),
     MethodOption("--alpha-fc", "alpha_fc", None, "relief: alpha of Gemm/MatMul neurons [0.95, or --alpha]", type=float),
@@ -163,3 +156,11 @@ OPTIONS = (
         is_flag=True,
     ),
 )
+RELIEF = Method(
+    "relief",
+    _decide,
+    statistics=("activity", "ranges"),
+    description="NNrelief: keep each neuron's connections carrying alpha of its input activity, remove idle neurons",
+    options=OPTIONS,
+)
+EXPORTED = (RELIEF,)

@@ -23,9 +23,8 @@ import numpy as np
 from ..errors import OptionError
 from ..layers import Workspace, masking_layers, select
 from ..plan import PruningPlan
-from ..stats import layer_statistics
 from .base import Method, MethodContext
-from .neurons import activity_settings, nonzero_params
+from .neurons import nonzero_params
 from .nm_pattern import PATTERN_OPTION, conformance, parse_pattern, pattern_keep
 from .options import MethodOption
 from .select import lowest, repair_empty
@@ -48,10 +47,10 @@ def row_mask(scores: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def _decide_unstructured(ctx: MethodContext) -> PruningPlan:
-    pattern = parse_pattern(ctx.options.get("pattern"))
+    pattern = parse_pattern(ctx.settings.pattern)
     ratio = _ratio(ctx) if pattern is None else None
     targets = select(masking_layers(ctx.index).values(), ctx.options.include, ctx.options.exclude)
-    stats = layer_statistics(ctx.model, ctx.calibration, targets, activity_settings(ctx))
+    stats = ctx.stats.activity(ctx.model, targets)
     space, rows = Workspace(ctx.index), []
     for layer in targets:
         matrix = layer.oik(space.get(layer.weight))  # a view into the workspace
@@ -92,7 +91,7 @@ def _decide_structured(ctx: MethodContext) -> PruningPlan:
     views = masking_layers(ctx.index)
     groups = ctx.eligible_groups()
     readers = {role.node: views[role.node] for g in groups for role in g.consumers if role.node in views}
-    stats = layer_statistics(ctx.model, ctx.calibration, list(readers.values()), activity_settings(ctx))
+    stats = ctx.stats.activity(ctx.model, list(readers.values()))
     removed, scores, notes, unscored = set(), {}, {}, []
     for group in groups:
         values = channel_scores(ctx, group, views, stats)
@@ -110,19 +109,20 @@ def _decide_structured(ctx: MethodContext) -> PruningPlan:
 
 
 def _decide(ctx: MethodContext) -> PruningPlan:
-    return _decide_structured(ctx) if ctx.options.get("structured") else _decide_unstructured(ctx)
+    return _decide_structured(ctx) if ctx.settings.structured else _decide_unstructured(ctx)
 
 
-WANDA = Method(
-    "wanda",
-    _decide,
-    needs_data=True,
-    description="Wanda: |w| * ||x||_2, lowest --ratio per output row zeroed (--structured: whole channels)",
-)
-EXPORTED = (WANDA,)
 OPTIONS = (
     MethodOption(
         "--structured/--unstructured", "structured", False, "wanda: score and remove whole channels", is_flag=True
     ),
     PATTERN_OPTION,
 )
+WANDA = Method(
+    "wanda",
+    _decide,
+    statistics=("activity",),
+    description="Wanda: |w| * ||x||_2, lowest --ratio per output row zeroed (--structured: whole channels)",
+    options=OPTIONS,
+)
+EXPORTED = (WANDA,)

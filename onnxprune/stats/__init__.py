@@ -6,6 +6,7 @@ hessian     layer input Hessians H = (1/n) X~^T X~ (and the pairs of --sequentia
 linalg      damping, dead inputs, Cholesky inverses and the error forms of those Hessians
 activity    per-input activity statistics (norms, means, ranges, relief numerators)
 probe       the model's outputs with some initializers replaced (OutputProbe)
+provider    Statistics: the stage object a method asks (declared kinds only), with the record of passes
 patches     im2col of a Conv input, in the order of its weight
 """
 
@@ -13,13 +14,16 @@ from .activity import InputStats, Range, input_ranges, layer_statistics
 from .collect import CollectSettings, collect
 from .hessian import LayerStats, collect_on_updated, collect_stats, layer_waves
 from .probe import OutputProbe
+from .provider import KINDS, Statistics
 
 __all__ = [
+    "KINDS",
     "CollectSettings",
     "InputStats",
     "LayerStats",
     "OutputProbe",
     "Range",
+    "Statistics",
     "collect",
     "collect_on_updated",
     "collect_stats",

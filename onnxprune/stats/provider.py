@@ -1,0 +1,158 @@
+"""The statistics stage of a prune: one object that runs calibration data through onnxruntime when a
+method asks, returns values keyed by layer, and keeps a record of every pass.
+
+A method declares the kinds it reads (Method.statistics: "hessian", "activity", "ranges", "outputs");
+the pipeline builds one Statistics per prune (the calibration data and how passes run) and hands each
+step a view limited to its method's kinds, so a method cannot read what it did not declare. Results
+of the small kinds (activity, ranges) are kept per request (kind, model, layers) while the same model
+object is asked about: the same request on the same model is answered without another pass. Hessians
+are not kept (they are large and a method frees each as it goes): every request is a pass. `passes`
+lists every onnxruntime pass made, for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..feeds import Dataset
+from ..graph import GraphIndex
+from ..layers import Layer, with_updates
+from .activity import InputStats, Range, input_ranges, layer_statistics
+from .collect import CollectSettings
+from .hessian import LayerStats, collect_stats
+from .probe import OutputProbe
+
+#: the kinds of statistics a method may declare
+KINDS = ("hessian", "activity", "ranges", "outputs")
+#: activity and range results kept for reuse (each holds its model alive: its id cannot be reused)
+CACHED = 4
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One onnxruntime pass over the calibration data."""
+
+    kind: str
+    description: str
+    layers: int
+    samples: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("kind", "description", "layers", "samples", "seconds")}
+
+
+@dataclass
+class _Record:
+    """What a whole prune collected: the passes in order and the reusable results."""
+
+    passes: list[Pass] = field(default_factory=list)
+    cache: OrderedDict = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The statistics stage (see the module docstring): `data` through onnxruntime as `settings` say,
+    for a method that declared `kinds`."""
+
+    data: Dataset
+    settings: CollectSettings
+    kinds: frozenset[str] = frozenset(KINDS)
+    record: _Record = field(default_factory=_Record, compare=False)
+
+    def for_method(self, name: str, kinds: Sequence[str]) -> Statistics:
+        """The view a method gets: only the kinds it declared (sharing the record and the cache)."""
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"method {name}: unknown statistics {unknown}; known: {', '.join(KINDS)}")
+        return replace(self, kinds=frozenset(kinds))
+
+    @property
+    def passes(self) -> list[Pass]:
+        return list(self.record.passes)
+
+    # ---- the kinds -----------------------------------------------------------------------------
+    def hessians(
+        self,
+        model: onnx.ModelProto,
+        layers: Sequence[Layer],
+        updates: Mapping[str, np.ndarray] | None = None,
+        max_positions: int | None = None,
+        seed: int = 0,
+        description: str = "hessians",
+    ) -> dict[str, LayerStats]:
+        """Input statistics of `layers` (H, and with `updates` C and H_ref: taken on `model` with the
+        updates applied, paired with `model` itself, the target of --sequential), keyed by node."""
+        self._allow("hessian")
+        settings = replace(self.settings, max_positions=max_positions, seed=seed)
+        working = with_updates(model, dict(updates)) if updates else model
+        start = time.perf_counter()
+        result = collect_stats(working, layers, self.data, model if updates else None, settings, description)
+        self._log("hessian", description, len(layers), start)
+        return result
+
+    def activity(
+        self, model: onnx.ModelProto, layers: Sequence[Layer], relief_weights: GraphIndex | None = None
+    ) -> dict[str, InputStats]:
+        """Activity statistics of the inputs of `layers` (norms, means; relief numerators of each Conv
+        computed with its weights as `relief_weights` holds them)."""
+        key = ("activity", tuple(layer.node for layer in layers), id(relief_weights))
+
+        def run() -> dict[str, InputStats]:
+            return layer_statistics(model, self.data, list(layers), self.settings, relief_weights)
+
+        return self._answer("activity", model, key, run, "activity", len(layers))
+
+    def ranges(self, model: onnx.ModelProto, reads: Mapping[str, int | None]) -> dict[str, Range]:
+        """Per-position minimum and maximum of each tensor of `reads` (name -> feature axis)."""
+        key = ("ranges", tuple(sorted(reads.items(), key=lambda item: item[0])))
+
+        def run() -> dict[str, Range]:
+            return input_ranges(model, self.data, dict(reads), self.settings)
+
+        return self._answer("ranges", model, key, run, "ranges", len(reads))
+
+    def output_probe(self, model: onnx.ModelProto, names: Sequence[str], samples: int | None) -> OutputProbe:
+        """A session that measures the model's outputs on `samples` calibration samples with the
+        initializers `names` replaced (its reference outputs are computed once, here)."""
+        self._allow("outputs")
+        start = time.perf_counter()
+        probe = OutputProbe(model, names, self.data.take(samples), self.settings.batch_size, self.settings.providers)
+        self._log("outputs", "output probe", len(names), start)
+        return probe
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def _allow(self, kind: str) -> None:
+        if kind not in self.kinds:
+            raise RuntimeError(
+                f"statistics '{kind}' asked for by a method that declared only {sorted(self.kinds)}; "
+                "method developer: add it to Method.statistics"
+            )
+
+    def _answer(self, kind: str, model: onnx.ModelProto, key: tuple, run, description: str, layers: int):
+        """The kept result of `key` on `model` (the entry holds the model, so its id in the key stays
+        its own), or a new pass."""
+        self._allow(kind)
+        cache = self.record.cache
+        full_key = (id(model), *key)
+        if full_key in cache:
+            cache.move_to_end(full_key)
+            return dict(cache[full_key][1])
+        start = time.perf_counter()
+        result = run()
+        self._log(kind, description, layers, start)
+        cache[full_key] = (model, result)
+        while len(cache) > CACHED:
+            cache.popitem(last=False)
+        return dict(result)
+
+    def _log(self, kind: str, description: str, layers: int, start: float) -> None:
+        seconds = round(time.perf_counter() - start, 4)
+        self.record.passes.append(Pass(kind, description, layers, len(self.data), seconds))
