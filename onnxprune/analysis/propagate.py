@@ -9,6 +9,7 @@ from ..graph import GraphIndex, attributes, opset_version
 from .context import Propagation
 from .labels import Unsupported
 from .ops import PRODUCERS, RULES
+from .ops_reindex import freeze_count_reads
 from .rewrites import DimEntry
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -32,6 +33,7 @@ def propagate(index: GraphIndex) -> Propagation:
             p.freeze_inputs(node, f"{node.op_type} '{node.name}': {exc}")
             for out in node.output:
                 p.labels.pop(out, None)
+    _freeze_unchecked_count_reads(p)
     _freeze_subgraph_reads(p)
     _freeze_graph_outputs(p)
     _freeze_shared_constants(p)
@@ -68,6 +70,14 @@ def _freeze_subgraph_reads(p: Propagation) -> None:
         p.freeze(p.get(name), f"'{name}' is read inside a subgraph (If/Loop/Scan)")
         if name in p.const_labels:
             p.freeze(np.concatenate(list(p.const_labels[name].values())), f"'{name}' is read inside a subgraph")
+
+
+def _freeze_unchecked_count_reads(p: Propagation) -> None:
+    """Shape inputs reached by a channel count whose node carries no channels: its rule checked nothing."""
+    for position, slot in sorted(p.count_sinks):
+        node = p.index.nodes[position]
+        if p.get(node.input[0]) is None:
+            freeze_count_reads(p, node, slot)
 
 
 def _freeze_graph_outputs(p: Propagation) -> None:

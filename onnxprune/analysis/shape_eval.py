@@ -2,7 +2,13 @@
 
 Exporters build Reshape targets as Shape -> Gather -> Unsqueeze -> Concat chains. `trace_vector`
 evaluates such a chain on static shapes and returns, for each entry, its value (None when dynamic) and
-its origin: ("const", initializer, index), ("shape", tensor, axis), or ("op", None, None) for arithmetic.
+its origin: ("const", initializer, index), ("shape", tensor, axis), ("product", ...) for a product of
+sizes read by Shape and constants, floor-divided by a constant last (the C*H of `x.view(n, c * h, w)`,
+the C/g of a channel shuffle), or ("op", None, None) for any other arithmetic.
+
+FOLLOWED is the one list of ops a run-time size flows through: what trace_vector follows here is what
+the Shape rule (ops_reindex.shape) lets a channel count flow through, and the rules of the shape inputs
+it reaches (Reshape, Expand, Resize) check each entry with these origins.
 """
 
 from __future__ import annotations
@@ -16,10 +22,26 @@ from ..graph import GraphIndex, attributes
 
 @dataclass(frozen=True)
 class Entry:
+    """One entry of a traced shape vector. A "product" entry is
+    (prod of sizes[reads] * multiplier) // divisor, a "shape" entry the single read (source, index)."""
+
     value: int | None
     origin: str
     source: str | None = None
     index: int | None = None
+    reads: tuple[tuple[str, int], ...] = ()
+    multiplier: int = 1
+    divisor: int = 1
+
+    def monomial(self) -> tuple[tuple[tuple[str, int], ...], int, int] | None:
+        """(reads, multiplier, divisor) of a const, shape or product entry; None for other arithmetic."""
+        if self.origin == "const":
+            return ((), self.value, 1) if self.value is not None else None
+        if self.origin == "shape":
+            return ((self.source, self.index),), 1, 1
+        if self.origin == "product":
+            return self.reads, self.multiplier, self.divisor
+        return None
 
 
 def trace_vector(index: GraphIndex, name: str, depth: int = 12) -> list[Entry] | None:
@@ -152,10 +174,24 @@ def _arith(index: GraphIndex, node, depth):
     out = []
     for x, y in zip(left, right, strict=True):
         value = None if x.value is None or y.value is None else ops[node.op_type](x.value, y.value)
-        out.append(Entry(value, "op"))
+        out.append(_product(node.op_type, x, y, value) or Entry(value, "op"))
     return out
 
 
+def _product(op: str, x: Entry, y: Entry, value: int | None) -> Entry | None:
+    """x * y or x // y as a product entry, when both are products so far (no division yet) and a
+    divisor is a positive constant; None otherwise."""
+    a, b = x.monomial(), y.monomial()
+    if a is None or b is None or a[2] != 1 or b[2] != 1 or not (a[0] or b[0]):
+        return None
+    if op == "Mul":
+        return Entry(value, "product", reads=a[0] + b[0], multiplier=a[1] * b[1])
+    if op == "Div" and not b[0] and b[1] > 0:
+        return Entry(value, "product", reads=a[0], multiplier=a[1], divisor=b[1])
+    return None
+
+
+#: ops a traced size flows through (trace_vector follows them; so does the Shape rule)
 _HANDLERS = {
     "Shape": _shape,
     "Gather": _gather,
@@ -171,3 +207,5 @@ _HANDLERS = {
     "Sub": _arith,
     "Div": _arith,
 }
+
+FOLLOWED = frozenset(_HANDLERS)
