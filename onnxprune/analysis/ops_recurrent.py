@@ -32,6 +32,12 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 #: op types whose producers are recurrent (methods that cannot handle a recurrence skip their groups)
 RECURRENT = frozenset(GATES)
 
+
+def is_recurrent(group) -> bool:
+    """Whether an analysis Group's channels are hidden units of a recurrent layer."""
+    return any(role.op_type in RECURRENT for role in group.producers)
+
+
 _SEQ_LENS, _INITIAL_H, _INITIAL_C, _PEEPHOLES = 4, 5, 6, 7
 
 

@@ -83,8 +83,8 @@ def resolve_reshape(index: GraphIndex, node) -> tuple | None:
             dims.append(entry.value)
         elif source is not None and entry.index < len(source):
             dims.append(source[entry.index])
-        else:
-            return None
+        else:  # computed at run time (T * 1 of a [T, 1, C] -> [T*1, C] reshape): a dim of its own name
+            dims.append(_product_symbol(index, entry) or f"{node.output[0]}:{axis}")
     if None in dims or dims.count(-1) > 1:
         return None
     if -1 in dims:
@@ -93,6 +93,20 @@ def resolve_reshape(index: GraphIndex, node) -> tuple | None:
             return None
         dims[dims.index(-1)] = rest
     return tuple(dims)
+
+
+def _product_symbol(index: GraphIndex, entry: Entry) -> str | None:
+    """The symbol of a product entry that is one symbolic size times static sizes multiplying to 1."""
+    terms = entry.monomial() if entry.origin == "product" else None
+    if terms is None or terms[2] != 1:
+        return None
+    dims = [
+        (index.shape(source) or ())[axis] if axis < len(index.shape(source) or ()) else None
+        for source, axis in terms[0]
+    ]
+    symbols = [d for d in dims if isinstance(d, str)]
+    static = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)) * terms[1]
+    return symbols[0] if len(symbols) == 1 and None not in dims and static == 1 else None
 
 
 def _cancel(numerator: list, denominator: list) -> int | None:
