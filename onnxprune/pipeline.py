@@ -26,6 +26,7 @@ from .methods.registry import get_method
 from .passes import CHECK, CLEANUP, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
 from .passes.registry import prepass
+from .passes.unshare import UNSHARE_CONSTANTS
 from .plan import PruningPlan
 from .report import group_rows
 from .validate import random_feeds, validate
@@ -76,7 +77,7 @@ def prune(
     original = io.signature(current)
     reference = str(model) if from_file else model
     before = _summary(current)
-    current = PassManager([FOLD_CONSTANTS, CLEANUP]).run(current)
+    current = PassManager([FOLD_CONSTANTS, UNSHARE_CONSTANTS, CLEANUP]).run(current)
     timer.add("load", start)
     names = [n.strip() for n in method.split(",") if n.strip()]
     if not names:
@@ -207,7 +208,7 @@ def _options_dict(options: PruneOptions) -> dict:
 def inspect_model(model: str | Path | onnx.ModelProto) -> tuple[Analysis, dict]:
     """Analysis of `model` plus totals (params, MACs, prunable share) for `onnxprune inspect`."""
     loaded = io.load_model(model) if not isinstance(model, onnx.ModelProto) else copy.deepcopy(model)
-    loaded = PassManager([FOLD_CONSTANTS, CLEANUP]).run(loaded)
+    loaded = PassManager([FOLD_CONSTANTS, UNSHARE_CONSTANTS, CLEANUP]).run(loaded)
     index = GraphIndex.build(loaded)
     analysis = analyze(index)
     params = io.count_params(loaded)

@@ -9,6 +9,10 @@ import pytest
 from graphs import Builder, G, assert_groups, run_analysis, shrink_matches_mask
 from onnx import TensorProto, helper
 
+from onnxprune.passes import PassManager
+from onnxprune.passes.unshare import UNSHARE_CONSTANTS
+from onnxprune.pipeline import inspect_model
+
 OUT = "reaches graph output '{}'"
 
 
@@ -205,3 +209,22 @@ def test_frozen_model_still_shrinks_what_is_free():
     _, removed = shrink_matches_mask(model)
     assert removed and removed <= set(a.groups[1].free)
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_shared_shape_constant_is_copied_per_reader_before_analysis():
+    """The prologue's unshare pass gives each reader of a small integer constant its own copy, so the
+    shape constant read elsewhere no longer freezes, and the pruned model still matches the mask."""
+    b = Builder()
+    y = _stem(b, shape=("N", 3, 3, 3))
+    features = b.ints([36], "features")
+    y = b.node("Reshape", [y, b.node("Concat", [b.ints([-1]), features], axis=0)], name="rs")
+    b.output(b.gemm(y, 36, 2, name="fc"))
+    b.output(b.node("Identity", [features]), [1], TensorProto.INT64)
+    model = PassManager([UNSHARE_CONSTANTS]).run(b.model())
+    readers = [n.input[i] for n in model.graph.node for i, name in enumerate(n.input) if name.startswith("features")]
+    assert len(set(readers)) == 2
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 2, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+    _, totals = inspect_model(b.model())
+    assert totals["prunable_groups"] == 1
