@@ -75,8 +75,37 @@ def test_layer_norm_over_features_freezes():
     y = b.node("LayerNormalization", [y, b.const(np.ones(5)), b.const(np.zeros(5))], name="ln", axis=-1)
     b.output(b.matmul(y, 5, 3, name="m2"))
     a = run_analysis(b.model())
-    reason = "LayerNormalization 'ln': LayerNormalization normalizes over labeled axis [2]"
+    reason = f"LayerNormalization 'ln': {LN_REASON.format('m1.add_out')}"
     assert_groups(a, G(["m1"], [], 5, frozen=reason), G(["m2"], [], 3, frozen=OUT.format("m2.add_out")))
+
+
+LN_REASON = (
+    "normalizes '{}' over its channel axis 2: removing a channel changes the mean and variance every other "
+    "channel is normalized by (channels of the branches that do not reach it still prune)"
+)
+
+
+def test_layer_norm_blocks_only_the_channels_that_reach_it():
+    """m1 feeds a LayerNorm and a direct consumer m3: m1's channels freeze (the reason names the LayerNorm
+    and the tensor), the FFN after the LayerNorm (m2) and the branch after m3 still prune."""
+    b = Builder()
+    x = b.input("x", ["B", "T", 6])
+    y = b.matmul(x, 6, 5, name="m1")
+    normed = b.node("LayerNormalization", [y, b.const(np.ones(5)), b.const(np.zeros(5))], name="ln", axis=-1)
+    ffn = b.matmul(b.relu(b.matmul(normed, 5, 8, name="m2")), 8, 3, name="m4")
+    side = b.matmul(b.relu(b.matmul(y, 5, 7, name="m3")), 7, 3, name="m5")
+    b.output(b.node("Add", [ffn, side]))
+    model = b.model()
+    a = run_analysis(model)
+    out = OUT.format(model.graph.output[0].name)
+    assert_groups(
+        a,
+        G(["m1"], ["m3"], 5, frozen=f"LayerNormalization 'ln': {LN_REASON.format('m1.add_out')}"),
+        G(["m2"], ["m4"], 8),
+        G(["m3"], ["m5"], 7),
+        G(["m4", "m5"], [], 3, frozen=out),
+    )
+    shrink_matches_mask(model)
 
 
 def test_group_norm_freezes():
