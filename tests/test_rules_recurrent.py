@@ -200,3 +200,19 @@ def test_torch_exports(name):
     new, removed = shrink_matches_mask(model, seed=1)
     assert removed and all(g.size > 1 for g in a.prunable_groups())
     assert count_params(new) < count_params(model)
+
+
+def test_final_state_of_both_directions_through_transpose_and_reshape():
+    """h_n of a bidirectional LSTM, [2, N, H] -> Transpose -> Reshape [N, 2H] -> Gemm: the Gemm reads each
+    hidden unit twice (once per direction); Y is unused."""
+    b = Builder(opset=14)
+    x = b.input("x", [SEQ, BATCH, IN])
+    inputs = [x, b.rand((2, 4 * HID, IN), "W"), b.rand((2, 4 * HID, HID), "R")]
+    _, h, _ = b.node("LSTM", inputs, n_out=3, name="rnn", hidden_size=HID, direction="bidirectional")
+    y = b.node("Reshape", [b.node("Transpose", [h], perm=[1, 0, 2]), b.ints([BATCH, 2 * HID])])
+    b.output(b.gemm(y, 2 * HID, 2, name="fc"))
+    model = b.model()
+    a = run_analysis(model)
+    units = list(group_of(a, "rnn").channels)
+    assert labels_of(a, "fc.w", 0) == units * 2
+    shrink_matches_mask(model, removed={units[2]})

@@ -133,6 +133,23 @@ def test_reshape_target_from_channel_count_times_spatial_prunes():
     shrink_matches_mask(model)
 
 
+def test_reshape_target_from_channel_count_scaled_then_divided_prunes():
+    """[N, C, 3, 3] -> [N, C * 9 / 3, 3] with C read at run time: each channel holds 3 positions of axis 1,
+    and (C' * 9) // 3 is exact for every kept count C'."""
+    b = Builder()
+    y = _stem(b)
+    shape = b.node("Shape", [y])
+    n, c = (b.node("Gather", [shape, b.ints([k])], axis=0) for k in (0, 1))
+    rows = b.node("Div", [b.node("Mul", [c, b.ints([9])]), b.ints([3])])
+    y = b.node("Reshape", [y, b.node("Concat", [n, rows, b.ints([3])], axis=0)], name="rs")
+    y = b.node("Reshape", [y, b.ints([-1, 36])])
+    b.output(b.gemm(y, 36, 5, name="fc"))
+    model = b.model()
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 5, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+
+
 def test_reshape_target_from_channel_count_plus_constant_is_frozen():
     """C + 32 does not follow the removed channels: the Shape rule freezes (an Add is traced, but the
     Reshape's check of the entry fails)."""
