@@ -116,11 +116,12 @@ def main() -> None:
                 ratio_ms = latency_ratio(model_path, out, feed, args.repeats)
                 rows.append((method, ratio, result.report["params_after"], _accuracy(strings, labels), agree, ratio_ms))
                 print(f"  {method} {ratio}: {seconds:.1f} s", flush=True)
-    print("\n| method | removed | params | exact match | agrees with original | latency vs original |")
+    print("\n| method | removed | params (removed) | exact match | agrees with original | latency vs original |")
     print("|---|---|---|---|---|---|")
     for method, ratio, params, accuracy, agree, lat in rows:
         removed = "-" if ratio == "-" else f"{ratio:.0%}"
-        print(f"| {method} | {removed} | {params:,} | {accuracy:.3f} | {agree:.3f} | {lat:.2f} |")
+        gone = 1 - params / totals["params"]
+        print(f"| {method} | {removed} | {params:,} ({gone:.1%}) | {accuracy:.3f} | {agree:.3f} | {lat:.2f} |")
 
 
 def _accuracy(strings: list[str], labels: list[str]) -> float:
