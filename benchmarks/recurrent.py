@@ -106,8 +106,7 @@ def main() -> None:
         for ratio in args.ratios:
             for method in args.methods:
                 start = time.perf_counter()
-                result = prune(model_path, method, PruneOptions(ratio=ratio, extra={"batch_size": 1}),
-                               calibration=npz, calib_samples=args.calib, run_validation=False)  # fmt: skip
+                result = _prune(model_path, method, ratio, npz, args.calib)
                 seconds = time.perf_counter() - start
                 out = str(Path(tmp) / f"{method}_{ratio}.onnx")
                 save_model(result.model, out)
@@ -122,6 +121,17 @@ def main() -> None:
         removed = "-" if ratio == "-" else f"{ratio:.0%}"
         gone = 1 - params / totals["params"]
         print(f"| {method} | {removed} | {params:,} ({gone:.1%}) | {accuracy:.3f} | {agree:.3f} | {lat:.2f} |")
+
+
+def _prune(model_path: str, method: str, ratio: float, calib: Path, samples: int):
+    """prune() with statistics batches of 1 (the model's batch axis is static)."""
+    try:  # the pipeline options as a value (the pipeline after the options refactor)
+        from onnxprune.pipeline import PipelineOptions
+    except ImportError:
+        return prune(model_path, method, PruneOptions(ratio=ratio, extra={"batch_size": 1}),
+                     calibration=calib, calib_samples=samples, run_validation=False)  # fmt: skip
+    pipeline = PipelineOptions(batch_size=1, calib_samples=samples, run_validation=False)
+    return prune(model_path, method, PruneOptions(ratio=ratio), calibration=calib, pipeline=pipeline)
 
 
 def _accuracy(strings: list[str], labels: list[str]) -> float:
