@@ -211,6 +211,21 @@ def test_shape_constant_shared_by_two_reshapes_freezes():
     )
 
 
+def test_shape_constant_sizing_two_tensors_with_the_same_channels_is_rewritten_once():
+    """One computed target shape read by two Reshapes of tensors that carry the same channels (an
+    exporter's shared BroadcastTo shape): both take the same new size, so the entry is rewritten."""
+    b = Builder()
+    y = _stem(b, shape=("N", 3, 3, 3))
+    target = b.node("Concat", [b.ints([-1], "batch"), b.ints([36], "features")], axis=0)
+    left = b.node("Reshape", [y, target], name="rs1")
+    right = b.node("Reshape", [b.node("Sigmoid", [y]), target], name="rs2")
+    b.output(b.gemm(b.node("Add", [left, right]), 36, 2, name="fc"))
+    model = b.model()
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 2, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+
+
 def test_shape_constant_read_elsewhere_freezes():
     b = Builder()
     y = _stem(b, shape=("N", 3, 3, 3))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from graphs import Builder, G, assert_groups, group_of, labels_of, run_analysis, shrink_matches_mask
+from onnx import TensorProto
 
 from onnxprune.analysis.rewrites import DimEntry, GatherIndices, SliceRange, SplitSizes
 from onnxprune.graph import GraphIndex
@@ -169,6 +170,20 @@ def test_channel_count_sizing_an_axis_without_channels_is_frozen():
     a = run_analysis(b.model())
     reason = "Reshape 'rs': the size of an axis that holds no channels is computed from a channel count"
     assert group_of(a, "c1").frozen == reason
+
+
+def test_slice_with_int32_bounds_keeps_their_type():
+    """The rewritten starts/ends keep int32 when the steps are int32 (ONNX wants one type for all)."""
+    b = Builder()
+    y = _stem(b, channels=6)
+    bounds = [b.const(np.array(v, np.int32)) for v in ([1], [5], [1], [1])]
+    y = b.node("Slice", [y, *bounds], name="sl")
+    b.output(b.conv(y, 4, 2, name="c2"))
+    model = b.model()
+    new, _ = shrink_matches_mask(model, removed={1, 4})
+    sliced = next(n for n in new.graph.node if n.op_type == "Slice")
+    types = {t.name: t.data_type for t in new.graph.initializer}
+    assert {types[name] for name in sliced.input[1:]} == {TensorProto.INT32}
 
 
 # ---- Transpose / Concat ---------------------------------------------------------------------------

@@ -97,12 +97,23 @@ def _freeze_shared_constants(p: Propagation) -> None:
 
 
 def _freeze_conflicting_shape_entries(p: Propagation) -> None:
-    """One constant shape entry cannot take two different new sizes."""
+    """One constant shape entry cannot take two different new sizes: the tensors it sizes must carry
+    the same channels on those axes."""
     by_entry: dict[tuple[str, int], list[DimEntry]] = {}
     for record in p.rewrites:
         if isinstance(record, DimEntry) and record.slot < 0:
             by_entry.setdefault((record.constant, record.entry), []).append(record)
     for (constant, entry), records in by_entry.items():
-        if len({(r.tensor, r.axis) for r in records}) > 1:
+        lines = {_axis_roots(p, r.tensor, r.axis) for r in records}
+        if len(lines) > 1:
             for r in records:
                 p.freeze(p.get(r.tensor), f"shape constant '{constant}'[{entry}] sizes several tensors")
+
+
+def _axis_roots(p: Propagation, tensor: str, axis: int) -> tuple:
+    """The channels along `axis` of `tensor` (tensors with the same ones always keep the same size)."""
+    ids = p.get(tensor)
+    if ids is None:
+        return ()
+    moved = np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1)
+    return (moved.shape, *p.uf.roots(moved).reshape(-1).tolist())

@@ -130,8 +130,8 @@ class _Editor:
         for (node_name, slot), values in self.private.items():
             node = self.nodes[node_name]
             new_name = f"{node.input[slot] or 'const'}__{node_name}_{slot}".replace("/", "_")
-            dtype = np.int64 if values.dtype.kind in "iu" else values.dtype
-            self.model.graph.initializer.append(make_tensor(values.astype(dtype), new_name))
+            # the copy keeps the constant's integer type (Slice wants starts, ends and steps alike)
+            self.model.graph.initializer.append(make_tensor(values, new_name))
             node.input[slot] = new_name
         for name, values in self.in_place.items():
             tensor = self.inits[name]
