@@ -28,6 +28,7 @@ from .methods.options import unused_options
 from .methods.registry import get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
+from .passes.unshare import UNSHARE_CONSTANTS
 from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
 from .report import build_report, group_rows, write_json
 from .stats import CollectSettings, Statistics
@@ -235,7 +236,8 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _prologue(model: onnx.ModelProto) -> onnx.ModelProto:
-    return PassManager([FOLD_CONSTANTS, CLEANUP]).run(model)
+    """Constants folded, small shared integer constants given a copy per reader, dead nodes removed."""
+    return PassManager([FOLD_CONSTANTS, UNSHARE_CONSTANTS, CLEANUP]).run(model)
 
 
 def _methods(method: str) -> list[Method]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 from graphs import Builder
 from hypothesis import strategies as st
 
@@ -19,7 +20,7 @@ SPATIAL_BLOCKS = "conv grouped residual bottleneck inverted se gate dense c2f sh
 BLOCKS = {
     "image": SPATIAL_BLOCKS,
     "conv1d": SPATIAL_BLOCKS,
-    "sequence": ("mlp", "ffn", "attention"),
+    "sequence": ("mlp", "ffn", "attention", "recurrent"),
     "vector": ("gemm", "residual_gemm"),
 }
 HEADS = {
@@ -285,6 +286,24 @@ class _Sequence(_Net):
         ctx = b.node("Transpose", [ctx], perm=[0, 2, 1, 3])
         ctx = b.node("Reshape", [ctx, target(ctx, [self.choice((heads * d, -1))])])
         return b.node("Add", [self.linear(ctx, heads * d, c), x]), c
+
+    def block_recurrent(self, x, c, w):
+        """[B, T, c] -> Transpose -> LSTM/GRU/RNN (any direction, maybe a run-time initial state) ->
+        Transpose -> Reshape [B, T, D*w] (the two directions side by side, as torch exports them)."""
+        b = self.b
+        op = self.choice(("LSTM", "GRU", "RNN"))
+        direction = self.choice(("forward", "reverse", "bidirectional"))
+        d, gates = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+        inputs = [b.node("Transpose", [x], perm=[1, 0, 2]), b.rand((d, gates * w, c)), b.rand((d, gates * w, w))]
+        inputs.append(b.rand((d, 2 * gates * w), scale=0.3))
+        if self.rng.integers(2):  # a run-time initial state: 0.5 everywhere, [D, B, w] read from x
+            batch = b.node("Gather", [b.node("Shape", [x]), b.ints([0])], axis=0)
+            shape = b.node("Concat", [b.ints([d]), batch, b.ints([w])], axis=0)
+            value = onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [0.5])
+            inputs += ["", b.node("ConstantOfShape", [shape], value=value)]
+        outs = b.node(op, inputs, n_out=2, hidden_size=w, direction=direction)
+        y = b.node("Transpose", [outs[0]], perm=[2, 0, 1, 3])
+        return b.node("Reshape", [y, b.ints([0, 0, d * w])]), d * w
 
     def head(self, kind: str, x, c: int, classes: int = 3):
         return self.b.matmul(x, c, classes)

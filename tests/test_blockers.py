@@ -9,6 +9,10 @@ import pytest
 from graphs import Builder, G, assert_groups, run_analysis, shrink_matches_mask
 from onnx import TensorProto, helper
 
+from onnxprune.passes import PassManager
+from onnxprune.passes.unshare import UNSHARE_CONSTANTS
+from onnxprune.pipeline import inspect_model
+
 OUT = "reaches graph output '{}'"
 
 
@@ -71,8 +75,37 @@ def test_layer_norm_over_features_freezes():
     y = b.node("LayerNormalization", [y, b.const(np.ones(5)), b.const(np.zeros(5))], name="ln", axis=-1)
     b.output(b.matmul(y, 5, 3, name="m2"))
     a = run_analysis(b.model())
-    reason = "LayerNormalization 'ln': LayerNormalization normalizes over labeled axis [2]"
+    reason = f"LayerNormalization 'ln': {LN_REASON.format('m1.add_out')}"
     assert_groups(a, G(["m1"], [], 5, frozen=reason), G(["m2"], [], 3, frozen=OUT.format("m2.add_out")))
+
+
+LN_REASON = (
+    "normalizes '{}' over its channel axis 2: removing a channel changes the mean and variance every other "
+    "channel is normalized by (channels of the branches that do not reach it still prune)"
+)
+
+
+def test_layer_norm_blocks_only_the_channels_that_reach_it():
+    """m1 feeds a LayerNorm and a direct consumer m3: m1's channels freeze (the reason names the LayerNorm
+    and the tensor), the FFN after the LayerNorm (m2) and the branch after m3 still prune."""
+    b = Builder()
+    x = b.input("x", ["B", "T", 6])
+    y = b.matmul(x, 6, 5, name="m1")
+    normed = b.node("LayerNormalization", [y, b.const(np.ones(5)), b.const(np.zeros(5))], name="ln", axis=-1)
+    ffn = b.matmul(b.relu(b.matmul(normed, 5, 8, name="m2")), 8, 3, name="m4")
+    side = b.matmul(b.relu(b.matmul(y, 5, 7, name="m3")), 7, 3, name="m5")
+    b.output(b.node("Add", [ffn, side]))
+    model = b.model()
+    a = run_analysis(model)
+    out = OUT.format(model.graph.output[0].name)
+    assert_groups(
+        a,
+        G(["m1"], ["m3"], 5, frozen=f"LayerNormalization 'ln': {LN_REASON.format('m1.add_out')}"),
+        G(["m2"], ["m4"], 8),
+        G(["m3"], ["m5"], 7),
+        G(["m4", "m5"], [], 3, frozen=out),
+    )
+    shrink_matches_mask(model)
 
 
 def test_group_norm_freezes():
@@ -178,6 +211,21 @@ def test_shape_constant_shared_by_two_reshapes_freezes():
     )
 
 
+def test_shape_constant_sizing_two_tensors_with_the_same_channels_is_rewritten_once():
+    """One computed target shape read by two Reshapes of tensors that carry the same channels (an
+    exporter's shared BroadcastTo shape): both take the same new size, so the entry is rewritten."""
+    b = Builder()
+    y = _stem(b, shape=("N", 3, 3, 3))
+    target = b.node("Concat", [b.ints([-1], "batch"), b.ints([36], "features")], axis=0)
+    left = b.node("Reshape", [y, target], name="rs1")
+    right = b.node("Reshape", [b.node("Sigmoid", [y]), target], name="rs2")
+    b.output(b.gemm(b.node("Add", [left, right]), 36, 2, name="fc"))
+    model = b.model()
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 2, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+
+
 def test_shape_constant_read_elsewhere_freezes():
     b = Builder()
     y = _stem(b, shape=("N", 3, 3, 3))
@@ -205,3 +253,22 @@ def test_frozen_model_still_shrinks_what_is_free():
     _, removed = shrink_matches_mask(model)
     assert removed and removed <= set(a.groups[1].free)
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_shared_shape_constant_is_copied_per_reader_before_analysis():
+    """The prologue's unshare pass gives each reader of a small integer constant its own copy, so the
+    shape constant read elsewhere no longer freezes, and the pruned model still matches the mask."""
+    b = Builder()
+    y = _stem(b, shape=("N", 3, 3, 3))
+    features = b.ints([36], "features")
+    y = b.node("Reshape", [y, b.node("Concat", [b.ints([-1]), features], axis=0)], name="rs")
+    b.output(b.gemm(y, 36, 2, name="fc"))
+    b.output(b.node("Identity", [features]), [1], TensorProto.INT64)
+    model = PassManager([UNSHARE_CONSTANTS]).run(b.model())
+    readers = [n.input[i] for n in model.graph.node for i, name in enumerate(n.input) if name.startswith("features")]
+    assert len(set(readers)) == 2
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 2, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+    _, totals = inspect_model(b.model())
+    assert totals["prunable_groups"] == 1

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import Builder, G, assert_groups, labels_of, run_analysis, shrink_matches_mask
+from graphs import Builder, G, assert_groups, group_of, labels_of, run_analysis, shrink_matches_mask
+from onnx import TensorProto
 
 from onnxprune.analysis.rewrites import DimEntry, GatherIndices, SliceRange, SplitSizes
 from onnxprune.graph import GraphIndex
@@ -112,18 +113,77 @@ def test_reshape_target_concat_of_constants_is_rewritten_in_place():
     shrink_matches_mask(model)
 
 
-def test_reshape_target_from_channel_count_arithmetic_is_frozen():
+def _count_reshape(op: str, factor: int, width: int):
+    """c1 [N, 4, 3, 3] -> Reshape to [-1, C op factor] with C read at run time -> Gemm."""
     b = Builder()
     y = _stem(b)
     shape = b.node("Shape", [y], name="shape")
     c = b.node("Gather", [shape, b.ints([1])], axis=0)
-    flat = b.node("Mul", [c, b.ints([9])])
+    flat = b.node(op, [c, b.ints([factor])])
     target = b.node("Concat", [b.ints([-1]), flat], axis=0)
     y = b.node("Reshape", [y, target], name="rs")
+    b.output(b.gemm(y, width, 5, name="fc"))
+    return b.model()
+
+
+def test_reshape_target_from_channel_count_times_spatial_prunes():
+    """x.view(-1, c * 9): the run-time product counts the kept channels times 9, as the new axis."""
+    model = _count_reshape("Mul", 9, 36)
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 5, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+
+
+def test_reshape_target_from_channel_count_scaled_then_divided_prunes():
+    """[N, C, 3, 3] -> [N, C * 9 / 3, 3] with C read at run time: each channel holds 3 positions of axis 1,
+    and (C' * 9) // 3 is exact for every kept count C'."""
+    b = Builder()
+    y = _stem(b)
+    shape = b.node("Shape", [y])
+    n, c = (b.node("Gather", [shape, b.ints([k])], axis=0) for k in (0, 1))
+    rows = b.node("Div", [b.node("Mul", [c, b.ints([9])]), b.ints([3])])
+    y = b.node("Reshape", [y, b.node("Concat", [n, rows, b.ints([3])], axis=0)], name="rs")
+    y = b.node("Reshape", [y, b.ints([-1, 36])])
     b.output(b.gemm(y, 36, 5, name="fc"))
-    a = run_analysis(b.model())
-    reason = "Shape 'shape': a channel count is read at run time and used in arithmetic that cannot be followed"
+    model = b.model()
+    a = run_analysis(model)
+    assert_groups(a, G(["c1"], ["fc"], 4), G(["fc"], [], 5, frozen=OUT.format("fc_out")))
+    shrink_matches_mask(model)
+
+
+def test_reshape_target_from_channel_count_plus_constant_is_frozen():
+    """C + 32 does not follow the removed channels: the Shape rule freezes (an Add is traced, but the
+    Reshape's check of the entry fails)."""
+    a = run_analysis(_count_reshape("Add", 32, 36))
+    reason = "Reshape 'rs': the size of labeled axis 1 is computed at run time"
     assert_groups(a, G(["c1"], [], 4, frozen=reason), G(["fc"], [], 5, frozen=OUT.format("fc_out")))
+
+
+def test_channel_count_sizing_an_axis_without_channels_is_frozen():
+    """A channel count read at run time may only size the axis that holds those channels."""
+    b = Builder()
+    y = _stem(b)
+    c = b.node("Gather", [b.node("Shape", [y]), b.ints([1])], axis=0)
+    other = b.node("Reshape", [b.input("z", [4, 9]), b.node("Concat", [c, b.ints([-1])], axis=0)], name="rs")
+    b.output(b.conv(y, 4, 2, name="c2"))
+    b.output(other)
+    a = run_analysis(b.model())
+    reason = "Reshape 'rs': the size of an axis that holds no channels is computed from a channel count"
+    assert group_of(a, "c1").frozen == reason
+
+
+def test_slice_with_int32_bounds_keeps_their_type():
+    """The rewritten starts/ends keep int32 when the steps are int32 (ONNX wants one type for all)."""
+    b = Builder()
+    y = _stem(b, channels=6)
+    bounds = [b.const(np.array(v, np.int32)) for v in ([1], [5], [1], [1])]
+    y = b.node("Slice", [y, *bounds], name="sl")
+    b.output(b.conv(y, 4, 2, name="c2"))
+    model = b.model()
+    new, _ = shrink_matches_mask(model, removed={1, 4})
+    sliced = next(n for n in new.graph.node if n.op_type == "Slice")
+    types = {t.name: t.data_type for t in new.graph.initializer}
+    assert {types[name] for name in sliced.input[1:]} == {TensorProto.INT32}
 
 
 # ---- Transpose / Concat ---------------------------------------------------------------------------

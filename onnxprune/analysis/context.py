@@ -33,13 +33,16 @@ class ProducerRole:
 
 @dataclass(frozen=True)
 class ConsumerRole:
-    """A node whose weight reads labeled channels along `axis` of `weight`."""
+    """A node whose weight reads labeled channels along `axis` of `weight`; `recurrent`: the layer's
+    own recurrence (column j of R reads hidden unit j of the same node), which methods that model one
+    input-to-output layer cannot compensate."""
 
     node: str
     op_type: str
     weight: str
     axis: int
     input: str
+    recurrent: bool = False
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Propagation:
     consumers: list[ConsumerRole] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
     activations: dict[str, str] = field(default_factory=dict)
+    count_sinks: set[tuple[int, int]] = field(default_factory=set)
 
     # ---- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> np.ndarray | None:

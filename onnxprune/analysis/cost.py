@@ -37,7 +37,18 @@ def node_macs(index: GraphIndex, node) -> int:
             k = weight[-2]
         rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
         return rows * int(out[-1]) * int(k if isinstance(k, int) else 1)
+    if node.op_type in ("LSTM", "GRU", "RNN"):
+        return _recurrent_macs(index, node)
     return 0
+
+
+def _recurrent_macs(index: GraphIndex, node) -> int:
+    """seq * (W [D, G*H, I] + R [D, G*H, H]) per sample: every step multiplies x_t by W and h by R."""
+    x, w, r = (index.shape(name) for name in node.input[:3])
+    if x is None or w is None or r is None:
+        return 0
+    seq = _per_sample(x)[int(attributes(node).get("layout", 0))]
+    return int(seq) * int(np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64))
 
 
 def model_macs(index: GraphIndex) -> int:

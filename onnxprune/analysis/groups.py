@@ -183,11 +183,13 @@ def _group_params(channel_set, const_labels, index: GraphIndex) -> int:
 
 
 def _group_macs(channel_set, producers, consumers, const_labels, macs, index: GraphIndex) -> int:
-    total = 0.0
+    """MACs of each node the group touches times the largest share of its weight positions the group
+    holds on one axis (a recurrent layer is both producer and consumer of its hidden units: counted once)."""
+    shares: dict[str, float] = {}
     for role in list(producers) + list(consumers):
         line = const_labels.get(role.weight, {}).get(role.axis)
         if line is None or not len(line):
             continue
         share = np.isin(line, list(channel_set)).sum() / len(line)
-        total += macs.get(role.node, 0) * share
-    return int(round(total))
+        shares[role.node] = max(shares.get(role.node, 0.0), share)
+    return int(round(sum(macs.get(node, 0) * share for node, share in shares.items())))

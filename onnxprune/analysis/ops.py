@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import ops_axes as axes
 from . import ops_layers as layers
 from . import ops_pointwise as pointwise
+from . import ops_recurrent as recurrent
 from . import ops_reindex as reindex
 
 _UNARY = (
@@ -28,6 +29,7 @@ RULES = {
     "ConvTranspose": layers.conv_transpose,
     "Gemm": layers.gemm,
     "MatMul": layers.matmul,
+    **{op: recurrent.recurrent for op in recurrent.GATES},
     "Reshape": reindex.reshape,
     "Flatten": reindex.flatten,
     "Transpose": reindex.transpose,
@@ -65,4 +67,4 @@ RULES = {
 }
 
 #: ops that create channels even when no input is labeled
-PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", *recurrent.GATES})

@@ -66,14 +66,21 @@ def along_axis(p: Propagation, node, attrs, opset) -> None:
 
 
 def layer_norm(p: Propagation, node, attrs, opset) -> None:
-    """LayerNormalization normalizes axes [axis:]; its scale/bias cover only those axes."""
+    """LayerNormalization normalizes axes [axis:]; its scale/bias cover only those axes. Over a labeled
+    axis it blocks exactly the channels that reach it (the reason names it and the tensor)."""
     ids = p.get(node.input[0])
     if ids is None:
         return
     rank = ids.ndim
     axis = int(attrs.get("axis", -1))
     axis = axis + rank if axis < 0 else axis
-    _guard(ids, range(axis, rank), "LayerNormalization normalizes")
+    hit = sorted(set(varying_axes(ids)) & set(range(axis, rank)))
+    if hit:
+        raise Unsupported(
+            f"normalizes '{node.input[0]}' over its channel axis {hit[0]}: removing a channel changes the mean "
+            "and variance every other channel is normalized by (channels of the branches that do not reach it "
+            "still prune)"
+        )
     p.set(node.output[0], ids)
 
 

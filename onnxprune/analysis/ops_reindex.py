@@ -12,7 +12,7 @@ import numpy as np
 from .context import Propagation
 from .labels import Unsupported, along, compress, reshape_ids, varying_axes, with_rank
 from .rewrites import DimEntry, GatherIndices, SliceRange, SplitSizes
-from .shape_eval import trace_vector
+from .shape_eval import FOLLOWED, Entry, trace_vector
 
 
 def _ints(p: Propagation, node, slot: int, attrs, attr: str, opset_input: int, opset: int):
@@ -62,8 +62,34 @@ def _record_target_entries(p: Propagation, node, out: np.ndarray, out_shape) -> 
     entries = trace_vector(p.index, node.input[1])
     if entries is None or len(entries) != len(out_shape):
         raise Unsupported("its target shape is computed at run time by ops that cannot be followed")
-    for axis in varying_axes(out):
-        _check_entry(p, node, 1, entries[axis], out, node.output[0], axis)
+    for axis, entry in enumerate(entries):
+        if axis in varying_axes(out):
+            _check_entry(p, node, 1, entry, out, node.output[0], axis)
+        elif _reads_channels(p, entry):
+            raise Unsupported(f"the size of its axis {axis}, which holds no channels, is computed from a channel count")
+
+
+def freeze_count_reads(p: Propagation, node, slot: int) -> None:
+    """A shape input of a node whose data holds no channels must not be computed from a channel count
+    (that node's rule checks nothing): the channels read there are frozen. Run after propagation on the
+    shape inputs the Shape rule let counts reach (Propagation.count_sinks)."""
+    what = "the size of an axis that holds no channels is computed from a channel count"
+    reason = f"{node.op_type} '{node.name}': {what}"
+    for entry in trace_vector(p.index, node.input[slot]) or []:
+        for source, axis in (entry.monomial() or ((), 0, 0))[0]:
+            if _labeled_read(p, source, axis):
+                p.freeze(p.get(source), reason)
+
+
+def _labeled_read(p: Propagation, source: str, axis: int) -> bool:
+    ids = p.get(source)
+    return ids is not None and axis < ids.ndim and ids.shape[axis] > 1
+
+
+def _reads_channels(p: Propagation, entry: Entry) -> bool:
+    terms = entry.monomial()
+    reads = terms[0] if terms is not None else ()
+    return any(_labeled_read(p, source, axis) for source, axis in reads)
 
 
 def _check_entry(p: Propagation, node, slot: int, entry, out: np.ndarray, tensor: str, axis: int) -> None:
@@ -81,7 +107,41 @@ def _check_entry(p: Propagation, node, slot: int, entry, out: np.ndarray, tensor
         source = p.get(entry.source)
         if source is not None and entry.index < source.ndim and _same_line(p, source, entry.index, out, axis):
             return
+    if entry.origin in ("shape", "product") and _scales_exactly(p, entry, out, axis):
+        return
     raise Unsupported(f"the size of labeled axis {axis} is computed at run time")
+
+
+def _scales_exactly(p: Propagation, entry: Entry, out: np.ndarray, axis: int) -> bool:
+    """A size computed at run time as S * F (S: one channel count read by Shape, F: constants and
+    sizes of axes without channels, divided last by a constant d) stays right after any removal when
+    every channel c, with m_c positions on the read axis and k_c on the labeled axis, has
+    k_c = m_c * F exactly and m_c * F * d is divisible by d (so the floor division is exact too);
+    positions that cannot be removed (-1) count as one more such channel."""
+    reads, multiplier, divisor = entry.monomial()
+    labeled = [(source, index) for source, index in reads if _labeled_read(p, source, index)]
+    if len(labeled) != 1:
+        return False
+    factor = multiplier
+    for source, index in reads:
+        dim = (p.index.shape(source) or ())[index] if (source, index) != labeled[0] else 1
+        if not isinstance(dim, int):
+            return False
+        factor *= dim
+    source_counts = _channel_counts(p, p.get(labeled[0][0]), labeled[0][1])
+    out_counts = _channel_counts(p, out, axis)
+    if source_counts is None or out_counts is None or set(source_counts) != set(out_counts):
+        return False
+    return all(m * factor % divisor == 0 and out_counts[c] * divisor == m * factor for c, m in source_counts.items())
+
+
+def _channel_counts(p: Propagation, ids: np.ndarray, axis: int) -> dict[int, int] | None:
+    try:
+        line = p.uf.roots(along(ids, axis))
+    except Unsupported:
+        return None
+    values, counts = np.unique(np.where(line >= 0, line, -1), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
 
 def _same_line(p: Propagation, source: np.ndarray, source_axis: int, out: np.ndarray, axis: int) -> bool:
@@ -312,25 +372,13 @@ def tile(p: Propagation, node, attrs, opset) -> None:
 
 
 # ---- Shape: sizes read at run time -------------------------------------------------------------
-_SHAPE_ARITHMETIC = {
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Concat",
-    "Cast",
-    "Slice",
-    "Mul",
-    "Div",
-    "Add",
-    "Sub",
-    "Identity",
-}
 _SHAPE_SINKS = {("Reshape", 1), ("Expand", 1), ("Resize", 3)}
 
 
 def shape(p: Propagation, node, attrs, opset) -> None:
     """Shape of a labeled tensor: allowed when every use of a labeled size either ignores it
-    (Gather of other axes) or ends in a shape input whose rule checks where each entry comes from."""
+    (Gather of other axes) or flows through ops shape_eval can trace (FOLLOWED) into a shape input whose
+    rule checks where each entry comes from (_check_entry: copied, or scaled exactly)."""
     ids = p.get(node.input[0])
     if ids is None:
         return
@@ -350,12 +398,13 @@ def _sizes_reach_checked_sinks(p: Propagation, name: str, positions: set[int], d
     for position, slot in p.index.consumers.get(name, []):
         user = p.index.nodes[position]
         if (user.op_type, slot) in _SHAPE_SINKS:
+            p.count_sinks.add((position, slot))
             continue
         if user.op_type == "Gather" and slot == 0:
             picks = p.constant(user.input[1])
             if picks is not None and not set(np.asarray(picks).reshape(-1).tolist()) & positions:
                 continue
-        if user.op_type not in _SHAPE_ARITHMETIC or user.op_type in {"Mul", "Div", "Add", "Sub"}:
+        if user.op_type not in FOLLOWED or user.op_type == "Shape":
             return False
         if not _sizes_reach_checked_sinks(p, user.output[0], set(range(64)), depth - 1):
             return False

@@ -9,6 +9,7 @@ from ..graph import GraphIndex, attributes, opset_version
 from .context import Propagation
 from .labels import Unsupported
 from .ops import PRODUCERS, RULES
+from .ops_reindex import freeze_count_reads
 from .rewrites import DimEntry
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -32,6 +33,7 @@ def propagate(index: GraphIndex) -> Propagation:
             p.freeze_inputs(node, f"{node.op_type} '{node.name}': {exc}")
             for out in node.output:
                 p.labels.pop(out, None)
+    _freeze_unchecked_count_reads(p)
     _freeze_subgraph_reads(p)
     _freeze_graph_outputs(p)
     _freeze_shared_constants(p)
@@ -70,6 +72,14 @@ def _freeze_subgraph_reads(p: Propagation) -> None:
             p.freeze(np.concatenate(list(p.const_labels[name].values())), f"'{name}' is read inside a subgraph")
 
 
+def _freeze_unchecked_count_reads(p: Propagation) -> None:
+    """Shape inputs reached by a channel count whose node carries no channels: its rule checked nothing."""
+    for position, slot in sorted(p.count_sinks):
+        node = p.index.nodes[position]
+        if p.get(node.input[0]) is None:
+            freeze_count_reads(p, node, slot)
+
+
 def _freeze_graph_outputs(p: Propagation) -> None:
     for name in p.index.output_names:
         p.freeze(p.get(name), f"reaches graph output '{name}'")
@@ -87,12 +97,23 @@ def _freeze_shared_constants(p: Propagation) -> None:
 
 
 def _freeze_conflicting_shape_entries(p: Propagation) -> None:
-    """One constant shape entry cannot take two different new sizes."""
+    """One constant shape entry cannot take two different new sizes: the tensors it sizes must carry
+    the same channels on those axes."""
     by_entry: dict[tuple[str, int], list[DimEntry]] = {}
     for record in p.rewrites:
         if isinstance(record, DimEntry) and record.slot < 0:
             by_entry.setdefault((record.constant, record.entry), []).append(record)
     for (constant, entry), records in by_entry.items():
-        if len({(r.tensor, r.axis) for r in records}) > 1:
+        lines = {_axis_roots(p, r.tensor, r.axis) for r in records}
+        if len(lines) > 1:
             for r in records:
                 p.freeze(p.get(r.tensor), f"shape constant '{constant}'[{entry}] sizes several tensors")
+
+
+def _axis_roots(p: Propagation, tensor: str, axis: int) -> tuple:
+    """The channels along `axis` of `tensor` (tensors with the same ones always keep the same size)."""
+    ids = p.get(tensor)
+    if ids is None:
+        return ()
+    moved = np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1)
+    return (moved.shape, *p.uf.roots(moved).reshape(-1).tolist())

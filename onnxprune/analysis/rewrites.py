@@ -58,3 +58,25 @@ class ConvGroups(Rewrite):
 
     weight: str
     groups: int
+
+
+@dataclass(frozen=True)
+class AttributeSize(Rewrite):
+    """Integer attribute `attribute` of `node` counts the positions of constant `weight` along `axis`
+    (`hidden_size` of LSTM/GRU/RNN): it becomes the number of positions kept there."""
+
+    attribute: str
+    weight: str
+    axis: int
+
+
+@dataclass(frozen=True)
+class GatherInput(Rewrite):
+    """Input `slot` of `node` is a run-time tensor whose axis `axis` holds the positions of constant
+    `weight` along `weight_axis` (the initial state of a recurrent layer, computed or given at run
+    time): the shrink inserts a Gather of the kept positions in front of `node`."""
+
+    slot: int
+    axis: int
+    weight: str
+    weight_axis: int

@@ -2,7 +2,13 @@
 
 Exporters build Reshape targets as Shape -> Gather -> Unsqueeze -> Concat chains. `trace_vector`
 evaluates such a chain on static shapes and returns, for each entry, its value (None when dynamic) and
-its origin: ("const", initializer, index), ("shape", tensor, axis), or ("op", None, None) for arithmetic.
+its origin: ("const", initializer, index), ("shape", tensor, axis), ("product", ...) for a product of
+sizes read by Shape and constants, floor-divided by a constant last (the C*H of `x.view(n, c * h, w)`,
+the C/g of a channel shuffle), or ("op", None, None) for any other arithmetic.
+
+FOLLOWED is the one list of ops a run-time size flows through: what trace_vector follows here is what
+the Shape rule (ops_reindex.shape) lets a channel count flow through, and the rules of the shape inputs
+it reaches (Reshape, Expand, Resize) check each entry with these origins.
 """
 
 from __future__ import annotations
@@ -16,10 +22,26 @@ from ..graph import GraphIndex, attributes
 
 @dataclass(frozen=True)
 class Entry:
+    """One entry of a traced shape vector. A "product" entry is
+    (prod of sizes[reads] * multiplier) // divisor, a "shape" entry the single read (source, index)."""
+
     value: int | None
     origin: str
     source: str | None = None
     index: int | None = None
+    reads: tuple[tuple[str, int], ...] = ()
+    multiplier: int = 1
+    divisor: int = 1
+
+    def monomial(self) -> tuple[tuple[tuple[str, int], ...], int, int] | None:
+        """(reads, multiplier, divisor) of a const, shape or product entry; None for other arithmetic."""
+        if self.origin == "const":
+            return ((), self.value, 1) if self.value is not None else None
+        if self.origin == "shape":
+            return ((self.source, self.index),), 1, 1
+        if self.origin == "product":
+            return self.reads, self.multiplier, self.divisor
+        return None
 
 
 def trace_vector(index: GraphIndex, name: str, depth: int = 12) -> list[Entry] | None:
@@ -61,8 +83,8 @@ def resolve_reshape(index: GraphIndex, node) -> tuple | None:
             dims.append(entry.value)
         elif source is not None and entry.index < len(source):
             dims.append(source[entry.index])
-        else:
-            return None
+        else:  # computed at run time (T * 1 of a [T, 1, C] -> [T*1, C] reshape): a dim of its own name
+            dims.append(_product_symbol(index, entry) or f"{node.output[0]}:{axis}")
     if None in dims or dims.count(-1) > 1:
         return None
     if -1 in dims:
@@ -71,6 +93,20 @@ def resolve_reshape(index: GraphIndex, node) -> tuple | None:
             return None
         dims[dims.index(-1)] = rest
     return tuple(dims)
+
+
+def _product_symbol(index: GraphIndex, entry: Entry) -> str | None:
+    """The symbol of a product entry that is one symbolic size times static sizes multiplying to 1."""
+    terms = entry.monomial() if entry.origin == "product" else None
+    if terms is None or terms[2] != 1:
+        return None
+    dims = [
+        (index.shape(source) or ())[axis] if axis < len(index.shape(source) or ()) else None
+        for source, axis in terms[0]
+    ]
+    symbols = [d for d in dims if isinstance(d, str)]
+    static = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)) * terms[1]
+    return symbols[0] if len(symbols) == 1 and None not in dims and static == 1 else None
 
 
 def _cancel(numerator: list, denominator: list) -> int | None:
@@ -152,10 +188,24 @@ def _arith(index: GraphIndex, node, depth):
     out = []
     for x, y in zip(left, right, strict=True):
         value = None if x.value is None or y.value is None else ops[node.op_type](x.value, y.value)
-        out.append(Entry(value, "op"))
+        out.append(_product(node.op_type, x, y, value) or Entry(value, "op"))
     return out
 
 
+def _product(op: str, x: Entry, y: Entry, value: int | None) -> Entry | None:
+    """x * y or x // y as a product entry, when both are products so far (no division yet) and a
+    divisor is a positive constant; None otherwise."""
+    a, b = x.monomial(), y.monomial()
+    if a is None or b is None or a[2] != 1 or b[2] != 1 or not (a[0] or b[0]):
+        return None
+    if op == "Mul":
+        return Entry(value, "product", reads=a[0] + b[0], multiplier=a[1] * b[1])
+    if op == "Div" and not b[0] and b[1] > 0:
+        return Entry(value, "product", reads=a[0], multiplier=a[1], divisor=b[1])
+    return None
+
+
+#: ops a traced size flows through (trace_vector follows them; so does the Shape rule)
 _HANDLERS = {
     "Shape": _shape,
     "Gather": _gather,
@@ -171,3 +221,5 @@ _HANDLERS = {
     "Sub": _arith,
     "Div": _arith,
 }
+
+FOLLOWED = frozenset(_HANDLERS)

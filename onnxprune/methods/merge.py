@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.ops_recurrent import is_recurrent
 from ..errors import OptionError
 from ..plan import PruningPlan
 from .base import Method, MethodContext
@@ -121,6 +122,8 @@ def _first_node(ctx: MethodContext, group) -> int:
 
 
 def _skip_reason(group) -> str | None:
+    if is_recurrent(group):
+        return "recurrent hidden units: the one-layer bound does not hold through the recurrence"
     if group.size < 2:
         return "fewer than 2 channels, nothing to merge"
     if not group.free:

@@ -32,6 +32,7 @@ import onnx
 
 from .. import io
 from ..analysis import Analysis
+from ..analysis.ops_recurrent import is_recurrent
 from ..graph import GraphIndex
 from ..layers import Layer, Workspace
 from ..plan import PruningPlan
@@ -76,7 +77,7 @@ def remove_neurons(ctx: MethodContext, space: Workspace, model: onnx.ModelProto,
 
     `model` is the model whose activity is measured (ctx.model with the workspace's masks applied).
     """
-    groups = ctx.eligible_groups()
+    groups = [g for g in ctx.eligible_groups() if not is_recurrent(g)]  # activity bounds model one step
     unsafe = silent_exits(ctx.index, ctx.analysis)
     channels = [ch for g in groups for ch in _channels(ctx.analysis, g) if ch.id not in unsafe]
     reads = {role.input: _read_axis(views.get(role.node)) for g in groups for role in g.consumers}

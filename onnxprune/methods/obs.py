@@ -198,7 +198,7 @@ def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: flo
     if not group.consumers:
         return "no consumer layer to compensate (use magnitude for this group)"
     blocks: dict[str, dict[int, np.ndarray]] = {}
-    for role in group.consumers:
+    for role in (r for r in group.consumers if not r.recurrent):  # a recurrence (R's columns) is not compensated
         layer = layers.get(role.node)
         if layer is None or layer.groups != 1 or layer.weight != role.weight:
             return f"consumer '{role.node}' ({role.op_type}) is not a Gemm/MatMul/Conv layer OBS can compensate"
@@ -206,6 +206,8 @@ def _task(ctx: MethodContext, group: Group, layers: dict[str, Layer], ratio: flo
             return f"consumer '{role.node}' has {layer.width} inputs: its Hessian is too large (limit {MAX_WIDTH})"
         line = ctx.analysis.const_labels[role.weight][role.axis]
         blocks[role.node] = {c: layer.columns(np.flatnonzero(line == c)) for c in group.free}
+    if not blocks:
+        return "no consumer layer to compensate (use magnitude for this group)"
     return GroupTask(group, remove, tuple(blocks), blocks)
 
 

@@ -3,7 +3,7 @@
 Given an Analysis and a PruningPlan, each initializer labeled with channels is first replaced by the
 plan's update (if any) and then sliced, on each labeled axis, to the positions whose channel is kept.
 The rewrite records of the analysis then fix Reshape/Expand/Resize shape entries, Split sizes, Slice
-ranges, Gather indices and grouped-Conv `group` attributes.
+ranges, Gather indices, grouped-Conv `group` and recurrent `hidden_size` attributes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis
-from ..analysis.rewrites import ConvGroups, DimEntry, GatherIndices, SliceRange, SplitSizes
+from ..analysis.rewrites import AttributeSize, ConvGroups, DimEntry, GatherIndices, GatherInput, SliceRange, SplitSizes
 from ..graph import attributes, opset_version
 from ..io import RAW_DTYPES, make_tensor, tensor_array
 from ..plan import PruningPlan, check_plan
@@ -103,6 +103,11 @@ class _Editor:
         self.inits = {t.name: t for t in model.graph.initializer}
         self.private: dict[tuple[str, int], np.ndarray] = {}
         self.in_place: dict[str, np.ndarray] = {}
+        self.inserted: dict[str, list[onnx.NodeProto]] = {}
+
+    def insert_before(self, node_name: str, node: onnx.NodeProto) -> None:
+        """Add `node` to the graph right before node `node_name` (its inputs exist there)."""
+        self.inserted.setdefault(node_name, []).append(node)
 
     def opset(self) -> int:
         return opset_version(self.model)
@@ -126,12 +131,16 @@ class _Editor:
         for (node_name, slot), values in self.private.items():
             node = self.nodes[node_name]
             new_name = f"{node.input[slot] or 'const'}__{node_name}_{slot}".replace("/", "_")
-            dtype = np.int64 if values.dtype.kind in "iu" else values.dtype
-            self.model.graph.initializer.append(make_tensor(values.astype(dtype), new_name))
+            # the copy keeps the constant's integer type (Slice wants starts, ends and steps alike)
+            self.model.graph.initializer.append(make_tensor(values, new_name))
             node.input[slot] = new_name
         for name, values in self.in_place.items():
             tensor = self.inits[name]
             tensor.CopyFrom(make_tensor(values.astype(tensor_array(tensor).dtype), name))
+        if self.inserted:
+            nodes = [new for node in self.model.graph.node for new in [*self.inserted.get(node.name, []), node]]
+            del self.model.graph.node[:]
+            self.model.graph.node.extend(nodes)
 
 
 def _dim_entry(editor: _Editor, record: DimEntry, sizes: _NewSizes, analysis) -> None:
@@ -200,6 +209,26 @@ def _conv_groups(editor: _Editor, record: ConvGroups, sizes: _NewSizes, analysis
     _set_int_attribute(node, "group", new_groups)
 
 
+def _attribute_size(editor: _Editor, record: AttributeSize, sizes: _NewSizes, analysis) -> None:
+    node = editor.nodes[record.node]
+    if any(a.name == record.attribute for a in node.attribute):
+        kept = int((~sizes.removed[analysis.const_labels[record.weight][record.axis]]).sum())
+        _set_int_attribute(node, record.attribute, kept)
+
+
+def _gather_input(editor: _Editor, record: GatherInput, sizes: _NewSizes, analysis) -> None:
+    kept = ~sizes.removed[analysis.const_labels[record.weight][record.weight_axis]]
+    if kept.all():
+        return
+    node = editor.nodes[record.node]
+    source = node.input[record.slot]
+    stem = f"{source}__{record.node}_{record.slot}".replace("/", "_")
+    editor.model.graph.initializer.append(make_tensor(np.flatnonzero(kept).astype(np.int64), f"{stem}_kept"))
+    gather = onnx.helper.make_node("Gather", [source, f"{stem}_kept"], [stem], name=f"{stem}_gather", axis=record.axis)
+    editor.insert_before(record.node, gather)
+    node.input[record.slot] = stem
+
+
 def _drop_attribute(node, name: str) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
@@ -222,4 +251,6 @@ _REWRITERS = {
     SliceRange: _slice_range,
     GatherIndices: _gather_indices,
     ConvGroups: _conv_groups,
+    AttributeSize: _attribute_size,
+    GatherInput: _gather_input,
 }
