@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 
 from . import runtime
+from .errors import OptionError
+from .feeds import fixed_batch, input_specs
 from .validate import random_feeds
 
 
@@ -32,7 +34,13 @@ def measure(
     label: str = "",
 ) -> Latency:
     proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
-    feeds = random_feeds(proto, batch=batch, seed=0)
+    fixed = fixed_batch(input_specs(proto))
+    if fixed is not None and batch != fixed:
+        raise OptionError(
+            f"--batch-sizes {batch}: {label or 'the model'} takes batches of exactly {fixed} (its inputs fix the "
+            f"first axis); time it with --batch-sizes {fixed}"
+        )
+    feeds = random_feeds(proto, batch=batch, seed=0, source=model)
     sess = runtime.session(model, providers, optimize=True, threads=threads)
     for _ in range(warmup):
         runtime.run(sess, feeds)

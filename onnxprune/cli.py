@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from . import io
-from .errors import OnnxPruneError, OptionError
+from . import atomic, failure, io, preflight
+from .errors import OptionError
 from .methods.base import PruneOptions
 from .methods.registry import METHODS, method_options
 from .pipeline import inspect_model, prune
@@ -115,6 +115,7 @@ def _method_option_decorators(func):
 @click.option("--sparse-storage", is_flag=True, help="Store weights with many zeros as sparse initializers.")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=Path), help="Write the JSON report.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
+@click.option("--input-shape", multiple=True, help="NAME=1,3,640,640: input size for random validation inputs.")
 @_method_option_decorators
 def prune_command(
     model: Path,
@@ -137,12 +138,14 @@ def prune_command(
     sparse_storage: bool,
     report_path,
     quiet: bool,
+    input_shape: tuple[str, ...],
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
-    target = io.check_output_path(model, output)
-    if report_path is not None:
-        io.check_output_path(model, report_path)
+    target = preflight.check_prune(
+        model, output, report_path, calib, validate_data, calib_samples=calib_samples, batch_size=batch_size,
+        iterations=iterations, validate_samples=validate_samples, seed=seed,
+    )  # fmt: skip
     options = PruneOptions(
         ratio=_ratio(ratio),
         round_to=round_to,
@@ -156,6 +159,7 @@ def prune_command(
             "iterations": iterations,
             "sparse_storage": sparse_storage,
             "progress": not quiet and sys.stderr.isatty(),
+            "input_shapes": preflight.parse_input_shapes(input_shape),
         },
     )
     result = prune(
@@ -170,12 +174,13 @@ def prune_command(
         run_validation=not no_validate,
     )
     start = time.perf_counter()
-    written = io.save_model(result.model, target)
-    result.report["file_bytes_after"] = written
-    result.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
-    result.report["model"], result.report["output"] = str(model), str(output)
-    if report_path is not None:
-        write_json(result.report, report_path)
+    with atomic.Transaction() as transaction:  # the model and the report appear together or not at all
+        written = io.save_model(result.model, target, transaction)
+        result.report["file_bytes_after"] = written
+        result.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
+        result.report["model"], result.report["output"] = str(model), str(output)
+        if report_path is not None:
+            write_json(result.report, transaction.path(report_path))
     if not quiet:
         click.echo("\n".join(summary_lines(result.report)))
         click.echo(f"wrote      {output}")
@@ -193,6 +198,7 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
     from .feeds import Dataset, load_dataset
     from .validate import random_feeds, validate
 
+    preflight.check_numbers(samples=samples)
     reference, candidate = io.load_model(original), io.load_model(pruned)
     dataset = load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0))
     result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
@@ -211,12 +217,8 @@ def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: 
     from . import runtime
     from .bench import measure, table
 
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise OptionError(f"--batch-sizes {batch_sizes}: give integers separated by commas, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1 or repeats < 1 or warmup < 0:
-        raise OptionError("--batch-sizes/--repeats: batch sizes and repeats must be positive")
+    sizes = preflight.parse_batch_sizes(batch_sizes)
+    preflight.check_numbers(repeats=repeats, warmup=warmup, threads=threads)
     chosen = runtime.resolve_providers(providers)
     rows = []
     for path in models:
@@ -226,23 +228,12 @@ def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line on stderr for user errors (exit 1; 2 for bad options)."""
+    """Entry point: one line on stderr for user errors (exit 1; 2 for bad options); see failure.py."""
     try:
-        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
-    except OptionError as exc:
-        click.echo(f"onnxprune: error: {exc}", err=True)
-        sys.exit(2)
-    except OnnxPruneError as exc:
-        click.echo(f"onnxprune: error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("onnxprune: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        click.echo(f"onnxprune: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        with atomic.signals_interrupt():
+            cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - failure.exit_code sorts user errors from bugs
+        sys.exit(failure.exit_code(exc))
 
 
 if __name__ == "__main__":

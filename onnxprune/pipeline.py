@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io, runtime
+from . import io, preflight, runtime
 from .analysis import Analysis, analyze
 from .analysis.cost import model_macs
 from .errors import OptionError, ValidationError
@@ -65,16 +65,19 @@ def prune(
     random inputs from the signature) is run through both models for the report.
     """
     options = options or PruneOptions()
+    preflight.check_numbers(calib_samples=calib_samples, validate_samples=validate_samples, seed=options.seed)
     timer = _Timer()
     start = time.perf_counter()
     from_file = not isinstance(model, onnx.ModelProto)
     current = io.load_model(model) if from_file else copy.deepcopy(model)
     source_bytes = io.source_bytes(current) if from_file else None
     io.strip_internal_metadata(current)
+    preflight.check_weights(current, str(model) if from_file else "model")
     # the original is kept as its signature (inputs, outputs) plus, for validation, its file or the
     # caller's untouched proto: a model loaded from a file is never copied.
     original = io.signature(current)
     reference = str(model) if from_file else model
+    runtime.session(reference)  # what onnxruntime cannot run is refused before any work, with its reason
     before = _summary(current)
     current = PassManager([FOLD_CONSTANTS, CLEANUP]).run(current)
     timer.add("load", start)
@@ -88,11 +91,14 @@ def prune(
         else ("CPUExecutionProvider",)
     )
     calib = _calibration(calibration, original, calib_samples, methods)
-    checks = _validation_data(validation_data, calib, original, validate_samples) if run_validation else None
+    checks = (
+        _validation_data(validation_data, calib, current, validate_samples, options.get("input_shapes"))
+        if run_validation
+        else None
+    )
     steps, plans, analysis = [], [], None
-    iterations = int(options.get("iterations", 1) or 1)
-    if iterations < 1:
-        raise OptionError(f"--iterations {iterations}: must be at least 1")
+    iterations = int(options.get("iterations", 1))
+    preflight.check_numbers(iterations=iterations, batch_size=options.get("batch_size"))
     for meth in methods:
         for iteration in range(iterations if meth.needs_data else 1):
             current, step, plan, analysis = _run_step(current, meth, options, calib, provider_list, timer)
@@ -152,12 +158,12 @@ def _calibration(calibration, model, limit, methods) -> Dataset | None:
     return load_dataset(calibration, model, limit)
 
 
-def _validation_data(validation_data, calib: Dataset | None, model, count: int) -> Dataset:
+def _validation_data(validation_data, calib: Dataset | None, model, count: int, shapes=None) -> Dataset:
     if validation_data is not None:
         return load_dataset(validation_data, model, count, where="--validate-data")
     if calib is not None:
         return calib.take(count)
-    return Dataset(random_feeds(model, batch=8, seed=0))
+    return Dataset(random_feeds(model, batch=8, seed=0, shapes=shapes))
 
 
 def _run_step(model, meth, options, calib, providers, timer):
@@ -166,6 +172,7 @@ def _run_step(model, meth, options, calib, providers, timer):
         model = PassManager([prepass(name)]).run(model)
     index = GraphIndex.build(model)
     analysis = analyze(index)
+    preflight.check_selection([p.node for g in analysis.groups for p in g.producers], options.include, options.exclude)
     timer.add("analyze", start)
     start = time.perf_counter()
     ctx = MethodContext(model, index, analysis, options, calib, providers)
