@@ -124,8 +124,11 @@ class Transaction:
         try:
             if kind is None:
                 self.commit()
-            else:
-                self.abort()
+                return
+            targets = ", ".join(str(t) for t in self._pending) or "output"
+            self.abort()
+            if isinstance(value, OSError):  # a write into a temporary file failed (disk full, size limit)
+                raise OutputPathError(describe_os_error(value, targets)) from None
         finally:
             signals, self._signals = self._signals, None
             signals.__exit__(None, None, None)

@@ -142,10 +142,8 @@ def prune_command(
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
-    target = preflight.check_prune(
-        model, output, report_path, calib, validate_data, calib_samples=calib_samples, batch_size=batch_size,
-        iterations=iterations, validate_samples=validate_samples, seed=seed,
-    )  # fmt: skip
+    preflight.check_numbers(calib_samples=calib_samples, batch_size=batch_size, iterations=iterations, seed=seed)
+    target = preflight.check_prune(model, output, report_path, calib, validate_data, validate_samples=validate_samples)
     options = PruneOptions(
         ratio=_ratio(ratio),
         round_to=round_to,

@@ -69,7 +69,10 @@ def exit_code(exc: BaseException) -> int:
     if reason is not None:
         _say(f"error: onnxruntime: {reason}")
         return 1
-    _say(f"internal error ({type(exc).__name__}: {exc}): this is a bug; please report it to {REPORT_URL} with the trace below")
+    _say(
+        f"internal error ({type(exc).__name__}: {exc}): this is a bug; please report it to {REPORT_URL} "
+        "with the trace below"
+    )
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     sys.stderr.flush()
     return BUG_EXIT

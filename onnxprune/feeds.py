@@ -277,7 +277,9 @@ def input_shapes(model: onnx.ModelProto, batch: int, given: dict | None = None, 
     else:
         size = _search_size(model, shapes, open_dims, source)
     for name, dims in open_dims.items():
-        shapes[name] = tuple((batch if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims))
+        shapes[name] = tuple(
+            (batch if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims)
+        )
     return shapes
 
 
@@ -303,7 +305,9 @@ def _search_size(model: onnx.ModelProto, given: dict, open_dims: dict[str, tuple
     for size in candidates:
         feeds = {n: np.zeros(s, dtype=specs[n].dtype) for n, s in given.items()}
         for name, dims in open_dims.items():
-            shape = tuple((1 if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims))
+            shape = tuple(
+                (1 if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims)
+            )
             feeds[name] = np.zeros(shape, dtype=specs[name].dtype)
         try:
             runtime.run(sess, feeds)
@@ -311,7 +315,12 @@ def _search_size(model: onnx.ModelProto, given: dict, open_dims: dict[str, tuple
         except ValidationError as exc:
             reason = str(exc).rsplit(": ", 1)[-1]
     name = next(n for n, dims in open_dims.items() if None in dims[1:])
-    example = ",".join("1" if d is None and axis == 0 else ("H" if d is None else str(d)) for axis, d in enumerate(open_dims[name]))
+    info = next(i for i in model.graph.input if i.name == name)
+    params = [d.dim_param or f"D{axis}" for axis, d in enumerate(info.type.tensor_type.shape.dim)]
+    example = ",".join(
+        "1" if d is None and axis == 0 else (params[axis] if d is None else str(d))
+        for axis, d in enumerate(open_dims[name])
+    )
     raise OptionError(
         f"input '{name}': no common size ({candidates[0]} to {candidates[-1]}) of its symbolic dims runs "
         f"({reason[:60].rstrip()}...); give the size with --input-shape {name}={example}"
@@ -325,7 +334,6 @@ def _metadata_sizes(model: onnx.ModelProto) -> list[int]:
         if any(key in prop.key.lower() for key in ("imgsz", "img_size", "image_size", "input_size", "seq_len")):
             sizes += [int(v) for v in re.findall(r"\d+", prop.value) if 0 < int(v) <= 4096]
     return sizes
-
 
 
 def _shape_text(shape) -> str:

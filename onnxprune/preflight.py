@@ -129,7 +129,8 @@ def check_outputs(inputs: dict[str, Iterable[Path]], outputs: dict[str, Path | N
             for file in files:
                 if _same(path, file):
                     raise OutputPathError(
-                        f"{flag} {path}: equals the input {role} ({file}); writing there would destroy it, choose another file"
+                        f"{flag} {path}: equals the input {role} ({file}); writing there would destroy it, "
+                        "choose another file"
                     )
         check_writable(flag, path)
     flags = list(given)
@@ -144,7 +145,8 @@ def check_outputs(inputs: dict[str, Iterable[Path]], outputs: dict[str, Path | N
 def check_writable(flag: str, path: Path) -> None:
     """The path can receive a new file: not a directory, its folder exists and is writable."""
     if path.is_dir():
-        raise OutputPathError(f"{flag} {path}: is a directory; give a file name, e.g. {path / 'pruned.onnx'}")
+        example = path / ("report.json" if flag == "--report" else "pruned.onnx")
+        raise OutputPathError(f"{flag} {path}: is a directory; give a file name, e.g. {example}")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
         raise OutputPathError(f"{flag} {path}: folder {folder} does not exist; create it first")

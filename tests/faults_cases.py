@@ -19,9 +19,7 @@ names one outcome class:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io as stdio
 import json
 import os
 import shutil
@@ -118,7 +116,10 @@ def if_model(scalar_input: bool) -> onnx.ModelProto:
     else:
         cond = b.node("Greater", [b.node("ReduceSum", [y], keepdims=0), b.const(np.array(0.0, np.float32))])
     then_g = helper.make_graph(
-        [helper.make_node("Relu", [y], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)]
+        [helper.make_node("Relu", [y], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
     )
     else_g = helper.make_graph(
         [helper.make_node("Neg", [y], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)]
@@ -233,7 +234,9 @@ def model_case(id_, build, *extra, expect=OK, code=1, outputs=None, **kwargs) ->
         _save(build(), folder / "model.onnx")
         return prune_args("model.onnx", *extra)
 
-    return Case(id_, setup, expect, code, outputs if outputs is not None else (("out.onnx",) if expect == OK else ()), **kwargs)
+    return Case(
+        id_, setup, expect, code, outputs if outputs is not None else (("out.onnx",) if expect == OK else ()), **kwargs
+    )
 
 
 def raw_model_case(id_, write: Callable[[Path], None], *extra, expect=ERROR, code=1) -> Case:
@@ -322,7 +325,10 @@ def _feeds_for(model: onnx.ModelProto, size: int = 8) -> dict[str, np.ndarray]:
     for info in model.graph.input:
         if info.name in initializers:
             continue
-        dims = [d.dim_value if d.dim_value > 0 else (2 if i == 0 else size) for i, d in enumerate(info.type.tensor_type.shape.dim)]
+        dims = [
+            d.dim_value if d.dim_value > 0 else (2 if i == 0 else size)
+            for i, d in enumerate(info.type.tensor_type.shape.dim)
+        ]
         dtype = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         feeds[info.name] = rng.standard_normal(dims).astype(dtype) if dtype != np.bool_ else np.array(True)
     return feeds
@@ -421,8 +427,18 @@ main(sys.argv[4:])
 
 def run_subprocess(args: list[str], folder: Path, process: dict) -> Outcome:
     child = _CHILD.replace("{hooks}", repr(HOOKS))
-    argv = [sys.executable, "-c", child, str(process.get("rlimit", 0)), process.get("signal", "-"), process.get("hook", "-")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__import__("onnxprune").__file__).parent.parent), str(ROOT / "tests")])}
+    argv = [
+        sys.executable,
+        "-c",
+        child,
+        str(process.get("rlimit", 0)),
+        process.get("signal", "-"),
+        process.get("hook", "-"),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__import__("onnxprune").__file__).parent.parent), str(ROOT / "tests")]),
+    }
     done = subprocess.run(argv + args, cwd=folder, capture_output=True, text=True, timeout=120, env=env)
     return Outcome(done.returncode, done.stdout, done.stderr)
 
@@ -584,8 +600,12 @@ def _models() -> list[Case]:
         model_case("model: opset 11, IR 6", lambda: cnn(opset=11)),
         model_case("model: opset 13, IR 7", lambda: cnn(opset=13)),
         model_case("model: opset 21, IR 10", lambda: cnn(opset=21)),
-        model_case("model: NaN weight, --no-validate", lambda: with_weight(cnn(), np.nan), "--no-validate", expect=ERROR),
-        model_case("model: Inf weight, --no-validate", lambda: with_weight(cnn(), np.inf), "--no-validate", expect=ERROR),
+        model_case(
+            "model: NaN weight, --no-validate", lambda: with_weight(cnn(), np.nan), "--no-validate", expect=ERROR
+        ),
+        model_case(
+            "model: Inf weight, --no-validate", lambda: with_weight(cnn(), np.inf), "--no-validate", expect=ERROR
+        ),
         model_case("model: NaN weight", lambda: with_weight(cnn(), np.nan), expect=ERROR),
         model_case("model: fixed batch 1", lambda: cnn(batch=1)),
         model_case("model: fixed batch 1, --no-validate", lambda: cnn(batch=1), "--no-validate"),
@@ -604,8 +624,21 @@ def _models() -> list[Case]:
         model_case("model: two inputs", two_input_model),
         model_case("model: float16", lambda: small_cnn(dtype=np.float16)),
     ]
-    for name in ("lenet5", "mlp", "resnet_basic", "mobilenetv2", "se_block", "densenet_concat", "c2f_split", "conv1d",
-                 "channel_shuffle", "vgg_bn", "transformer_encoder", "resnet_bottleneck", "constant_weights"):
+    for name in (
+        "lenet5",
+        "mlp",
+        "resnet_basic",
+        "mobilenetv2",
+        "se_block",
+        "densenet_concat",
+        "c2f_split",
+        "conv1d",
+        "channel_shuffle",
+        "vgg_bn",
+        "transformer_encoder",
+        "resnet_bottleneck",
+        "constant_weights",
+    ):
         cases.append(shipped_case(name))
     cases += [
         shipped_case("lenet5", "--method", "obs", calib="digits_calib.npz"),
@@ -613,8 +646,15 @@ def _models() -> list[Case]:
         shipped_case("mlp", "--method", "merge"),
         shipped_case("lenet5", "--method", "wanda", calib="digits_calib.npz"),
         shipped_case("lenet5", "--method", "relief", calib="digits_calib.npz"),
-        model_case("model: fixed batch 1, obs with calibration", lambda: cnn(batch=1), "--method", "obs", "--calib",
-                   "calib.npz", expect=OK),
+        model_case(
+            "model: fixed batch 1, obs with calibration",
+            lambda: cnn(batch=1),
+            "--method",
+            "obs",
+            "--calib",
+            "calib.npz",
+            expect=OK,
+        ),
     ]
     # the last case needs calib.npz: give it one
     last = cases[-1]
@@ -645,54 +685,119 @@ def _data() -> list[Case]:
     n = 500
     return [
         lenet_case("data: calibration file missing", *obs, "--calib", "nothere.npz", expect=ERROR),
-        Case("data: calibration not npz", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
-             (f / "c.npz").write_text("x"), prune_args("model.onnx", *obs, "--calib", "c.npz"))[-1]),
+        Case(
+            "data: calibration not npz",
+            lambda f: (
+                shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
+                (f / "c.npz").write_text("x"),
+                prune_args("model.onnx", *obs, "--calib", "c.npz"),
+            )[-1],
+        ),
         lenet_case("data: wrong input name", *obs, calib_changes={"image": None}, expect=ERROR),
         lenet_case("data: wrong rank", *obs, calib_changes={"image": np.zeros((n, 64), np.float32)}, expect=ERROR),
-        lenet_case("data: wrong shape", *obs, calib_changes={"image": np.zeros((n, 1, 9, 9), np.float32)}, expect=ERROR),
+        lenet_case(
+            "data: wrong shape", *obs, calib_changes={"image": np.zeros((n, 1, 9, 9), np.float32)}, expect=ERROR
+        ),
         lenet_case("data: string dtype", *obs, calib_changes={"image": np.full((n, 1, 8, 8), "a")}, expect=ERROR),
-        lenet_case("data: NaN sample", *obs, calib_changes={"image": np.full((n, 1, 8, 8), np.nan, np.float32)},
-                   expect=ERROR),
-        lenet_case("data: zero samples", *obs, calib_changes={"image": np.zeros((0, 1, 8, 8), np.float32),
-                                                              "labels": None}, expect=ERROR),
+        lenet_case(
+            "data: NaN sample", *obs, calib_changes={"image": np.full((n, 1, 8, 8), np.nan, np.float32)}, expect=ERROR
+        ),
+        lenet_case(
+            "data: zero samples",
+            *obs,
+            calib_changes={"image": np.zeros((0, 1, 8, 8), np.float32), "labels": None},
+            expect=ERROR,
+        ),
         lenet_case("data: float64 samples (cast)", *obs, calib_changes={"image": np.ones((n, 1, 8, 8))}),
-        lenet_case("data: integer samples for a float input", *obs, "--no-validate",
-                   calib_changes={"image": np.ones((n, 1, 8, 8), np.int64)}, expect=ERROR),
-        lenet_case("data: one calibration sample", *obs, calib_changes={"image": np.ones((1, 1, 8, 8), np.float32),
-                                                                        "labels": np.array([1])}),
+        lenet_case(
+            "data: integer samples for a float input",
+            *obs,
+            "--no-validate",
+            calib_changes={"image": np.ones((n, 1, 8, 8), np.int64)},
+            expect=ERROR,
+        ),
+        lenet_case(
+            "data: one calibration sample",
+            *obs,
+            calib_changes={"image": np.ones((1, 1, 8, 8), np.float32), "labels": np.array([1])},
+        ),
         lenet_case("data: extra arrays ignored", *obs, calib_changes={"other": np.zeros(3)}),
-        lenet_case("data: labels of the wrong length", *obs, calib_changes={"labels": np.zeros(7, np.int64)},
-                   expect=ERROR),
-        lenet_case("data: one-hot labels", *obs, "--report", "report.json",
-                   calib_changes={"labels": np.eye(10, dtype=np.float32)[np.load(MODELS / "digits_calib.npz")["labels"]]},
-                   outputs=("out.onnx", "report.json"), check=report_has("accuracy_after")),
+        lenet_case(
+            "data: labels of the wrong length", *obs, calib_changes={"labels": np.zeros(7, np.int64)}, expect=ERROR
+        ),
+        lenet_case(
+            "data: one-hot labels",
+            *obs,
+            "--report",
+            "report.json",
+            calib_changes={"labels": np.eye(10, dtype=np.float32)[np.load(MODELS / "digits_calib.npz")["labels"]]},
+            outputs=("out.onnx", "report.json"),
+            check=report_has("accuracy_after"),
+        ),
         lenet_case("data: labels 2-D, not one-hot", *obs, calib_changes={"labels": np.ones((n, 3))}, expect=ERROR),
         lenet_case("data: fractional labels", *obs, calib_changes={"labels": np.full(n, 0.5)}, expect=ERROR),
         lenet_case("data: labels above the class count", *obs, calib_changes={"labels": np.full(n, 99)}, expect=ERROR),
-        lenet_case("data: validation data of the wrong shape", validate_changes={"image": np.zeros((5, 1, 2, 2),
-                   np.float32)}, expect=ERROR),
-        lenet_case("data: validation labels of the wrong length", validate_changes={"labels": np.zeros(3, np.int64)},
-                   expect=ERROR),
-        lenet_case("data: validation data with labels", "--report", "report.json", validate_changes={},
-                   outputs=("out.onnx", "report.json"), check=report_has("accuracy_after")),
+        lenet_case(
+            "data: validation data of the wrong shape",
+            validate_changes={"image": np.zeros((5, 1, 2, 2), np.float32)},
+            expect=ERROR,
+        ),
+        lenet_case(
+            "data: validation labels of the wrong length",
+            validate_changes={"labels": np.zeros(3, np.int64)},
+            expect=ERROR,
+        ),
+        lenet_case(
+            "data: validation data with labels",
+            "--report",
+            "report.json",
+            validate_changes={},
+            outputs=("out.onnx", "report.json"),
+            check=report_has("accuracy_after"),
+        ),
         lenet_case("data: calibration needed, none given", *obs, expect=ERROR, code=2),
-        Case("data: calibration folder empty", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
-             (f / "cal").mkdir(), prune_args("model.onnx", *obs, "--calib", "cal"))[-1]),
-        Case("data: calibration folder of .npy", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
-             (f / "cal").mkdir(), [np.save(f / "cal" / f"{i}.npy", np.ones((1, 8, 8), np.float32) * i)
-                                    for i in range(4)], prune_args("model.onnx", *obs, "--calib", "cal"))[-1],
-             OK, outputs=("out.onnx",)),
-        Case("data: pickled object array", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
-             np.save(f / "c.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True),
-             prune_args("model.onnx", *obs, "--calib", "c.npy"))[-1]),
-        Case("data: inputs with different sample counts", lambda f: (_save(two_input_model(), f / "model.onnx"),
-             write_npz(f / "c.npz", x=np.ones((4, 4), np.float32), z=np.ones((5, 4), np.float32)),
-             prune_args("model.onnx", *obs, "--calib", "c.npz"))[-1]),
+        Case(
+            "data: calibration folder empty",
+            lambda f: (
+                shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
+                (f / "cal").mkdir(),
+                prune_args("model.onnx", *obs, "--calib", "cal"),
+            )[-1],
+        ),
+        Case(
+            "data: calibration folder of .npy",
+            lambda f: (
+                shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
+                (f / "cal").mkdir(),
+                [np.save(f / "cal" / f"{i}.npy", np.ones((1, 8, 8), np.float32) * i) for i in range(4)],
+                prune_args("model.onnx", *obs, "--calib", "cal"),
+            )[-1],
+            OK,
+            outputs=("out.onnx",),
+        ),
+        Case(
+            "data: pickled object array",
+            lambda f: (
+                shutil.copy(MODELS / "lenet5.onnx", f / "model.onnx"),
+                np.save(f / "c.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True),
+                prune_args("model.onnx", *obs, "--calib", "c.npy"),
+            )[-1],
+        ),
+        Case(
+            "data: inputs with different sample counts",
+            lambda f: (
+                _save(two_input_model(), f / "model.onnx"),
+                write_npz(f / "c.npz", x=np.ones((4, 4), np.float32), z=np.ones((5, 4), np.float32)),
+                prune_args("model.onnx", *obs, "--calib", "c.npz"),
+            )[-1],
+        ),
     ]
 
 
 def _options() -> list[Case]:
-    cal = (lambda: calib_arrays(16))
+    def cal():
+        return calib_arrays(16)
+
     usage = {"expect": ERROR, "code": 2}
     cases = [
         cnn_case("option: --ratio -0.1", "--ratio", "-0.1", **usage),
@@ -706,16 +811,45 @@ def _options() -> list[Case]:
         cnn_case("option: --exclude matching no node", "--exclude", "nosuchnode", **usage),
         cnn_case("option: --include c1", "--include", "c1"),
         cnn_case("option: --exclude g1", "--exclude", "g1"),
-        cnn_case("option: --calib-samples -1", "--method", "obs", "--calib", "calib.npz", "--calib-samples", "-1",
-                 calib=cal, **usage),
-        cnn_case("option: --calib-samples 0", "--method", "obs", "--calib", "calib.npz", "--calib-samples", "0",
-                 calib=cal, **usage),
-        cnn_case("option: --batch-size 0", "--method", "obs", "--calib", "calib.npz", "--batch-size", "0", calib=cal,
-                 **usage),
-        cnn_case("option: --batch-size -3", "--method", "obs", "--calib", "calib.npz", "--batch-size", "-3", calib=cal,
-                 **usage),
-        cnn_case("option: --iterations 0", "--method", "obs", "--calib", "calib.npz", "--iterations", "0", calib=cal,
-                 **usage),
+        cnn_case(
+            "option: --calib-samples -1",
+            "--method",
+            "obs",
+            "--calib",
+            "calib.npz",
+            "--calib-samples",
+            "-1",
+            calib=cal,
+            **usage,
+        ),
+        cnn_case(
+            "option: --calib-samples 0",
+            "--method",
+            "obs",
+            "--calib",
+            "calib.npz",
+            "--calib-samples",
+            "0",
+            calib=cal,
+            **usage,
+        ),
+        cnn_case(
+            "option: --batch-size 0", "--method", "obs", "--calib", "calib.npz", "--batch-size", "0", calib=cal, **usage
+        ),
+        cnn_case(
+            "option: --batch-size -3",
+            "--method",
+            "obs",
+            "--calib",
+            "calib.npz",
+            "--batch-size",
+            "-3",
+            calib=cal,
+            **usage,
+        ),
+        cnn_case(
+            "option: --iterations 0", "--method", "obs", "--calib", "calib.npz", "--iterations", "0", calib=cal, **usage
+        ),
         cnn_case("option: --iterations -1", "--iterations", "-1", **usage),
         cnn_case("option: --validate-samples -1", "--validate-samples", "-1", **usage),
         cnn_case("option: --validate-samples 0", "--validate-samples", "0", **usage),
@@ -730,19 +864,30 @@ def _options() -> list[Case]:
         cnn_case("option: --seed 7 random", "--method", "random", "--seed", "7"),
         cnn_case("option: --no-validate", "--no-validate"),
         cnn_case("option: merge,magnitude chain", "--method", "merge,magnitude"),
-        cnn_case("option: obs --iterations 2", "--method", "obs", "--calib", "calib.npz", "--iterations", "2",
-                 calib=cal),
-        cnn_case("option: obs --batch-size 1", "--method", "obs", "--calib", "calib.npz", "--batch-size", "1",
-                 calib=cal),
-        cnn_case("option: --calib-samples 5", "--method", "obs", "--calib", "calib.npz", "--calib-samples", "5",
-                 calib=cal),
+        cnn_case(
+            "option: obs --iterations 2", "--method", "obs", "--calib", "calib.npz", "--iterations", "2", calib=cal
+        ),
+        cnn_case(
+            "option: obs --batch-size 1", "--method", "obs", "--calib", "calib.npz", "--batch-size", "1", calib=cal
+        ),
+        cnn_case(
+            "option: --calib-samples 5", "--method", "obs", "--calib", "calib.npz", "--calib-samples", "5", calib=cal
+        ),
         cnn_case("option: --validate-samples 3", "--validate-samples", "3"),
         cnn_case("option: --input-shape bad syntax", "--input-shape", "x=1,a", **usage),
         cnn_case("option: --input-shape unknown input", "--input-shape", "nothing=1,3,6,6", **usage),
         cnn_case("option: --input-shape contradicts a fixed dim", "--input-shape", "x=1,3,9,9", **usage),
         Case("option: -o missing", lambda f: (_save(cnn(), f / "model.onnx"), ["prune", "model.onnx"])[-1], ERROR, 2),
-        cnn_case("option: lobs --sparse-storage", "--method", "lobs", "--calib", "calib.npz", "--sparse-storage",
-                 calib=cal, sparse=True),
+        cnn_case(
+            "option: lobs --sparse-storage",
+            "--method",
+            "lobs",
+            "--calib",
+            "calib.npz",
+            "--sparse-storage",
+            calib=cal,
+            sparse=True,
+        ),
     ]
     return cases
 
@@ -771,25 +916,66 @@ def _other_commands() -> list[Case]:
     return [
         Case("validate: same model twice", val(), OK, check=stdout_json("outputs")),
         Case("validate: unrelated models", val(mlp)),
-        Case("validate: pruned file missing", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "a.onnx"),
-             ["validate", "a.onnx", "b.onnx"])[-1]),
+        Case(
+            "validate: pruned file missing",
+            lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "a.onnx"), ["validate", "a.onnx", "b.onnx"])[-1],
+        ),
         Case("validate: --samples 0", val(None, "--samples", "0"), ERROR, 2),
         Case("validate: --samples -4", val(None, "--samples", "-4"), ERROR, 2),
-        Case("validate: --data with labels", lambda f: (val()(f), digits(f / "d.npz"),
-             ["validate", "a.onnx", "b.onnx", "--data", "d.npz", "--samples", "50"])[-1], OK,
-             check=stdout_json("accuracy_after")),
-        Case("validate: --data for another model", lambda f: (val()(f), shutil.copy(MODELS / "digits_test.npz", f / "d.npz"),
-             write_npz(f / "d.npz", pixels=np.zeros((3, 64), np.float32)),
-             ["validate", "a.onnx", "b.onnx", "--data", "d.npz"])[-1]),
-        Case("validate: fixed batch 1 models", lambda f: (_save(cnn(batch=1), f / "a.onnx"), _save(cnn(batch=1), f / "b.onnx"),
-             ["validate", "a.onnx", "b.onnx"])[-1], OK, check=stdout_json("outputs")),
-        Case("validate: symbolic H/W models", lambda f: (_save(spatial_model(), f / "a.onnx"), _save(spatial_model(), f / "b.onnx"),
-             ["validate", "a.onnx", "b.onnx"])[-1], OK, check=stdout_json("outputs")),
-        Case("validate: model onnxruntime cannot run", lambda f: (_save(custom_op_model(), f / "a.onnx"),
-             _save(custom_op_model(), f / "b.onnx"), ["validate", "a.onnx", "b.onnx"])[-1]),
+        Case(
+            "validate: --data with labels",
+            lambda f: (
+                val()(f),
+                digits(f / "d.npz"),
+                ["validate", "a.onnx", "b.onnx", "--data", "d.npz", "--samples", "50"],
+            )[-1],
+            OK,
+            check=stdout_json("accuracy_after"),
+        ),
+        Case(
+            "validate: --data for another model",
+            lambda f: (
+                val()(f),
+                shutil.copy(MODELS / "digits_test.npz", f / "d.npz"),
+                write_npz(f / "d.npz", pixels=np.zeros((3, 64), np.float32)),
+                ["validate", "a.onnx", "b.onnx", "--data", "d.npz"],
+            )[-1],
+        ),
+        Case(
+            "validate: fixed batch 1 models",
+            lambda f: (
+                _save(cnn(batch=1), f / "a.onnx"),
+                _save(cnn(batch=1), f / "b.onnx"),
+                ["validate", "a.onnx", "b.onnx"],
+            )[-1],
+            OK,
+            check=stdout_json("outputs"),
+        ),
+        Case(
+            "validate: symbolic H/W models",
+            lambda f: (
+                _save(spatial_model(), f / "a.onnx"),
+                _save(spatial_model(), f / "b.onnx"),
+                ["validate", "a.onnx", "b.onnx"],
+            )[-1],
+            OK,
+            check=stdout_json("outputs"),
+        ),
+        Case(
+            "validate: model onnxruntime cannot run",
+            lambda f: (
+                _save(custom_op_model(), f / "a.onnx"),
+                _save(custom_op_model(), f / "b.onnx"),
+                ["validate", "a.onnx", "b.onnx"],
+            )[-1],
+        ),
         Case("bench: batch fixed at 1, --batch-sizes 8", bench(lambda: cnn(batch=1), "--batch-sizes", "8"), ERROR, 2),
-        Case("bench: batch fixed at 1, --batch-sizes 1", bench(lambda: cnn(batch=1), "--batch-sizes", "1"), OK,
-             check=bench_rows(1)),
+        Case(
+            "bench: batch fixed at 1, --batch-sizes 1",
+            bench(lambda: cnn(batch=1), "--batch-sizes", "1"),
+            OK,
+            check=bench_rows(1),
+        ),
         Case("bench: --batch-sizes 1,4", bench(cnn, "--batch-sizes", "1,4"), OK, check=bench_rows(1, 4)),
         Case("bench: --batch-sizes 0", bench(cnn, "--batch-sizes", "0"), ERROR, 2),
         Case("bench: --batch-sizes x", bench(cnn, "--batch-sizes", "x"), ERROR, 2),
@@ -798,10 +984,17 @@ def _other_commands() -> list[Case]:
         Case("bench: IR 14 model", lambda f: (_ir(14)(f), ["bench", "model.onnx", "--repeats", "1"])[-1]),
         Case("bench: op onnxruntime cannot run", bench(custom_op_model, "--batch-sizes", "1")),
         Case("inspect: not onnx", lambda f: (_write_text("m.onnx", "x")(f), ["inspect", "m.onnx"])[-1]),
-        Case("inspect: lenet5", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "m.onnx"), ["inspect", "m.onnx"])[-1],
-             OK),
-        Case("inspect: --json", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "m.onnx"),
-             ["inspect", "m.onnx", "--json"])[-1], OK, check=stdout_json("groups")),
+        Case(
+            "inspect: lenet5",
+            lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "m.onnx"), ["inspect", "m.onnx"])[-1],
+            OK,
+        ),
+        Case(
+            "inspect: --json",
+            lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "m.onnx"), ["inspect", "m.onnx", "--json"])[-1],
+            OK,
+            check=stdout_json("groups"),
+        ),
     ]
 
 
@@ -825,17 +1018,31 @@ def _paths() -> list[Case]:
     ext = lambda f: _external(f)  # noqa: E731
     return [
         path_case("path: -o equals the model", "-o", "model.onnx"),
-        path_case("path: -o equals the model through ..", "-o", "sub/../model.onnx", prepare=lambda f: (f / "sub").mkdir()),
-        path_case("path: -o is a symlink to the model", "-o", "link.onnx",
-                  prepare=lambda f: (f / "link.onnx").symlink_to(f / "model.onnx")),
-        path_case("path: -o is a hard link to the model", "-o", "hard.onnx",
-                  prepare=lambda f: os.link(f / "model.onnx", f / "hard.onnx")),
+        path_case(
+            "path: -o equals the model through ..", "-o", "sub/../model.onnx", prepare=lambda f: (f / "sub").mkdir()
+        ),
+        path_case(
+            "path: -o is a symlink to the model",
+            "-o",
+            "link.onnx",
+            prepare=lambda f: (f / "link.onnx").symlink_to(f / "model.onnx"),
+        ),
+        path_case(
+            "path: -o is a hard link to the model",
+            "-o",
+            "hard.onnx",
+            prepare=lambda f: os.link(f / "model.onnx", f / "hard.onnx"),
+        ),
         path_case("path: -o equals the calibration file", "-o", "calib.npz", *obs),
         path_case("path: -o equals the validation file", "-o", "val.npz", "--validate-data", "val.npz"),
-        Case("path: -o equals the model's external data", lambda f: (_external(f),
-             prune_args("model.onnx")[:2] + ["-o", "model.data", "-q"])[-1]),
-        Case("path: --report equals the model's external data", lambda f: (_external(f),
-             prune_args("model.onnx", "--report", "model.data"))[-1]),
+        Case(
+            "path: -o equals the model's external data",
+            lambda f: (_external(f), prune_args("model.onnx")[:2] + ["-o", "model.data", "-q"])[-1],
+        ),
+        Case(
+            "path: --report equals the model's external data",
+            lambda f: (_external(f), prune_args("model.onnx", "--report", "model.data"))[-1],
+        ),
         path_case("path: --report equals the model", "-o", "out.onnx", "--report", "model.onnx"),
         path_case("path: --report equals the calibration file", "-o", "out.onnx", "--report", "calib.npz", *obs),
         path_case("path: --report equals -o", "-o", "out.onnx", "--report", "out.onnx"),
@@ -843,25 +1050,60 @@ def _paths() -> list[Case]:
         path_case("path: -o is an existing directory", "-o", "outdir", prepare=lambda f: (f / "outdir").mkdir()),
         path_case("path: -o in a missing directory", "-o", "missing/out.onnx"),
         path_case("path: --report in a missing directory", "-o", "out.onnx", "--report", "missing/r.json"),
-        path_case("path: --report is a directory", "-o", "out.onnx", "--report", "rdir",
-                  prepare=lambda f: (f / "rdir").mkdir()),
+        path_case(
+            "path: --report is a directory",
+            "-o",
+            "out.onnx",
+            "--report",
+            "rdir",
+            prepare=lambda f: (f / "rdir").mkdir(),
+        ),
         path_case("path: -o under a file", "-o", "model.onnx/out.onnx"),
-        path_case("path: -o replaces an existing file", "-o", "out.onnx", expect=OK, outputs=("out.onnx",),
-                  replaces=("out.onnx",), prepare=lambda f: (f / "out.onnx").write_text("old")),
-        path_case("path: -o and --report", "-o", "out.onnx", "--report", "r.json", expect=OK,
-                  outputs=("out.onnx", "r.json")),
-        path_case("path: -o in a subfolder", "-o", "sub/out.onnx", expect=OK, outputs=("sub/out.onnx",),
-                  prepare=lambda f: (f / "sub").mkdir()),
+        path_case(
+            "path: -o replaces an existing file",
+            "-o",
+            "out.onnx",
+            expect=OK,
+            outputs=("out.onnx",),
+            replaces=("out.onnx",),
+            prepare=lambda f: (f / "out.onnx").write_text("old"),
+        ),
+        path_case(
+            "path: -o and --report", "-o", "out.onnx", "--report", "r.json", expect=OK, outputs=("out.onnx", "r.json")
+        ),
+        path_case(
+            "path: -o in a subfolder",
+            "-o",
+            "sub/out.onnx",
+            expect=OK,
+            outputs=("sub/out.onnx",),
+            prepare=lambda f: (f / "sub").mkdir(),
+        ),
         path_case("path: -o with spaces and unicode", "-o", "mödel out.onnx", expect=OK, outputs=("mödel out.onnx",)),
-        path_case("path: stale temp file of a killed run", "-o", "out.onnx", expect=OK, outputs=("out.onnx",),
-                  prepare=lambda f: (f / ".out.onnx.onnxprune-999999999.tmp").write_text("half"),
-                  check=stale_removed, replaces=(".out.onnx.onnxprune-999999999.tmp",)),
+        path_case(
+            "path: stale temp file of a killed run",
+            "-o",
+            "out.onnx",
+            expect=OK,
+            outputs=("out.onnx",),
+            prepare=lambda f: (f / ".out.onnx.onnxprune-999999999.tmp").write_text("half"),
+            check=stale_removed,
+            replaces=(".out.onnx.onnxprune-999999999.tmp",),
+        ),
         path_case("path: absolute -o", "-o", "/dev/null/out.onnx"),
-        Case("path: validate with the same file twice", lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "a.onnx"),
-             ["validate", "a.onnx", "a.onnx"])[-1], OK, check=stdout_json("outputs")),
+        Case(
+            "path: validate with the same file twice",
+            lambda f: (shutil.copy(MODELS / "lenet5.onnx", f / "a.onnx"), ["validate", "a.onnx", "a.onnx"])[-1],
+            OK,
+            check=stdout_json("outputs"),
+        ),
         Case("path: inspect a missing file", lambda f: ["inspect", "nothing.onnx"]),
-        Case("path: model with external data, -o beside it", lambda f: (ext(f), prune_args("model.onnx"))[-1], OK,
-             outputs=("out.onnx",)),
+        Case(
+            "path: model with external data, -o beside it",
+            lambda f: (ext(f), prune_args("model.onnx"))[-1],
+            OK,
+            outputs=("out.onnx",),
+        ),
     ]
 
 
@@ -878,17 +1120,35 @@ def _faults() -> list[Case]:
     cases = [
         Case("fs: file-size limit 1 KB", lenet(), process={"rlimit": 1024}),
         Case("fs: file-size limit 20 KB", lenet("--ratio", "0.3"), process={"rlimit": 20_000}),
-        Case("fs: file-size limit lets the model through, not the report", lenet("--ratio", "0.9", "--report",
-             "r.json"), process={"rlimit": 3_700}),
-        Case("fs: file-size limit above the output", lenet("--report", "r.json"), OK, outputs=("out.onnx", "r.json"),
-             process={"rlimit": 1_000_000}),
+        Case(
+            "fs: file-size limit lets the model through, not the report",
+            lenet("--ratio", "0.9", "--report", "r.json"),
+            process={"rlimit": 3_700},
+        ),
+        Case(
+            "fs: file-size limit above the output",
+            lenet("--report", "r.json"),
+            OK,
+            outputs=("out.onnx", "r.json"),
+            process={"rlimit": 1_000_000},
+        ),
     ]
-    for signame in ("SIGTERM", "SIGINT", "SIGHUP"):
-        for hook in ("validate", "save", "fsync", "replace"):
+    hooks = {
+        "SIGTERM": ("validate", "save", "fsync", "replace"),
+        "SIGINT": ("fsync", "replace"),
+        "SIGHUP": ("save", "fsync"),
+    }
+    for signame, where in hooks.items():
+        for hook in where:
             cases.append(
-                Case(f"signal: {signame} during {hook}", lenet("--report", "r.json"), code=128 + SIGNALS[signame],
-                     process={"signal": signame, "hook": hook}, outputs=("out.onnx", "r.json"),
-                     complete_ok=hook == "replace")
+                Case(
+                    f"signal: {signame} during {hook}",
+                    lenet("--report", "r.json"),
+                    code=128 + SIGNALS[signame],
+                    process={"signal": signame, "hook": hook},
+                    outputs=("out.onnx", "r.json"),
+                    complete_ok=hook == "replace",
+                )
             )
     return cases
 
