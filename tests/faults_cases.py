@@ -799,6 +799,10 @@ def _options() -> list[Case]:
         return calib_arrays(16)
 
     usage = {"expect": ERROR, "code": 2}
+
+    def obs_case(id_, *extra, **kw) -> Case:
+        return cnn_case(id_, "--method", "obs", "--calib", "calib.npz", *extra, calib=cal, **kw)
+
     cases = [
         cnn_case("option: --ratio -0.1", "--ratio", "-0.1", **usage),
         cnn_case("option: --ratio 1", "--ratio", "1", **usage),
@@ -811,45 +815,11 @@ def _options() -> list[Case]:
         cnn_case("option: --exclude matching no node", "--exclude", "nosuchnode", **usage),
         cnn_case("option: --include c1", "--include", "c1"),
         cnn_case("option: --exclude g1", "--exclude", "g1"),
-        cnn_case(
-            "option: --calib-samples -1",
-            "--method",
-            "obs",
-            "--calib",
-            "calib.npz",
-            "--calib-samples",
-            "-1",
-            calib=cal,
-            **usage,
-        ),
-        cnn_case(
-            "option: --calib-samples 0",
-            "--method",
-            "obs",
-            "--calib",
-            "calib.npz",
-            "--calib-samples",
-            "0",
-            calib=cal,
-            **usage,
-        ),
-        cnn_case(
-            "option: --batch-size 0", "--method", "obs", "--calib", "calib.npz", "--batch-size", "0", calib=cal, **usage
-        ),
-        cnn_case(
-            "option: --batch-size -3",
-            "--method",
-            "obs",
-            "--calib",
-            "calib.npz",
-            "--batch-size",
-            "-3",
-            calib=cal,
-            **usage,
-        ),
-        cnn_case(
-            "option: --iterations 0", "--method", "obs", "--calib", "calib.npz", "--iterations", "0", calib=cal, **usage
-        ),
+        obs_case("option: --calib-samples -1", "--calib-samples", "-1", **usage),
+        obs_case("option: --calib-samples 0", "--calib-samples", "0", **usage),
+        obs_case("option: --batch-size 0", "--batch-size", "0", **usage),
+        obs_case("option: --batch-size -3", "--batch-size", "-3", **usage),
+        obs_case("option: --iterations 0", "--iterations", "0", **usage),
         cnn_case("option: --iterations -1", "--iterations", "-1", **usage),
         cnn_case("option: --validate-samples -1", "--validate-samples", "-1", **usage),
         cnn_case("option: --validate-samples 0", "--validate-samples", "0", **usage),
@@ -864,15 +834,9 @@ def _options() -> list[Case]:
         cnn_case("option: --seed 7 random", "--method", "random", "--seed", "7"),
         cnn_case("option: --no-validate", "--no-validate"),
         cnn_case("option: merge,magnitude chain", "--method", "merge,magnitude"),
-        cnn_case(
-            "option: obs --iterations 2", "--method", "obs", "--calib", "calib.npz", "--iterations", "2", calib=cal
-        ),
-        cnn_case(
-            "option: obs --batch-size 1", "--method", "obs", "--calib", "calib.npz", "--batch-size", "1", calib=cal
-        ),
-        cnn_case(
-            "option: --calib-samples 5", "--method", "obs", "--calib", "calib.npz", "--calib-samples", "5", calib=cal
-        ),
+        obs_case("option: obs --iterations 2", "--iterations", "2"),
+        obs_case("option: obs --batch-size 1", "--batch-size", "1"),
+        obs_case("option: --calib-samples 5", "--calib-samples", "5"),
         cnn_case("option: --validate-samples 3", "--validate-samples", "3"),
         cnn_case("option: --input-shape bad syntax", "--input-shape", "x=1,a", **usage),
         cnn_case("option: --input-shape unknown input", "--input-shape", "nothing=1,3,6,6", **usage),
@@ -911,6 +875,14 @@ def _other_commands() -> list[Case]:
 
         return setup
 
+    def pair(build):
+        def setup(folder: Path) -> list[str]:
+            _save(build(), folder / "a.onnx")
+            _save(build(), folder / "b.onnx")
+            return ["validate", "a.onnx", "b.onnx"]
+
+        return setup
+
     mlp = lambda p: shutil.copy(MODELS / "mlp.onnx", p)  # noqa: E731
     digits = lambda p: shutil.copy(MODELS / "digits_test.npz", p)  # noqa: E731
     return [
@@ -941,34 +913,9 @@ def _other_commands() -> list[Case]:
                 ["validate", "a.onnx", "b.onnx", "--data", "d.npz"],
             )[-1],
         ),
-        Case(
-            "validate: fixed batch 1 models",
-            lambda f: (
-                _save(cnn(batch=1), f / "a.onnx"),
-                _save(cnn(batch=1), f / "b.onnx"),
-                ["validate", "a.onnx", "b.onnx"],
-            )[-1],
-            OK,
-            check=stdout_json("outputs"),
-        ),
-        Case(
-            "validate: symbolic H/W models",
-            lambda f: (
-                _save(spatial_model(), f / "a.onnx"),
-                _save(spatial_model(), f / "b.onnx"),
-                ["validate", "a.onnx", "b.onnx"],
-            )[-1],
-            OK,
-            check=stdout_json("outputs"),
-        ),
-        Case(
-            "validate: model onnxruntime cannot run",
-            lambda f: (
-                _save(custom_op_model(), f / "a.onnx"),
-                _save(custom_op_model(), f / "b.onnx"),
-                ["validate", "a.onnx", "b.onnx"],
-            )[-1],
-        ),
+        Case("validate: fixed batch 1 models", pair(lambda: cnn(batch=1)), OK, check=stdout_json("outputs")),
+        Case("validate: symbolic H/W models", pair(spatial_model), OK, check=stdout_json("outputs")),
+        Case("validate: model onnxruntime cannot run", pair(custom_op_model)),
         Case("bench: batch fixed at 1, --batch-sizes 8", bench(lambda: cnn(batch=1), "--batch-sizes", "8"), ERROR, 2),
         Case(
             "bench: batch fixed at 1, --batch-sizes 1",
