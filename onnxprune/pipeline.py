@@ -77,7 +77,7 @@ def prune(
     # caller's untouched proto: a model loaded from a file is never copied.
     original = io.signature(current)
     reference = str(model) if from_file else model
-    runtime.session(reference)  # what onnxruntime cannot run is refused before any work, with its reason
+    preflight.check_runs(reference)
     before = _summary(current)
     current = PassManager([FOLD_CONSTANTS, CLEANUP]).run(current)
     timer.add("load", start)

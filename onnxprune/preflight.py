@@ -178,6 +178,16 @@ def check_prune(
 
 
 # ---- the model --------------------------------------------------------------------------------
+def check_runs(model: str | onnx.ModelProto) -> None:
+    """onnxruntime can load the model (file or proto): what it cannot run is refused before any work,
+    with its reason and the node. A proto above 2 GB cannot be handed over in memory and is not tried."""
+    from . import runtime
+    from .io import TWO_GB
+
+    if isinstance(model, str) or model.ByteSize() < TWO_GB:
+        runtime.session(model)
+
+
 def check_weights(model: onnx.ModelProto, where: str = "model") -> None:
     """Refuse a model with a NaN or infinite floating-point weight, naming the first such tensor."""
     from .io import tensor_array

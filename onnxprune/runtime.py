@@ -87,9 +87,10 @@ def session(
         return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         where = source if isinstance(source, str) else "model"
+        reason = explain(exc)
         raise ValidationError(
-            f"{where}: onnxruntime {ort.__version__} cannot load it: {explain(exc)}; the model must run in "
-            "onnxruntime to be pruned and validated"
+            f"{where}: onnxruntime {ort.__version__} cannot load it: {_node_of(model, reason)}{reason}; the model "
+            "must run in onnxruntime to be pruned and validated"
         ) from None
 
 
@@ -117,6 +118,25 @@ def explain(exc: BaseException, limit: int = 220) -> str:
         text = pattern.sub(" ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+_OP = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\)")
+
+
+def _node_of(model: onnx.ModelProto | str, reason: str) -> str:
+    """'node NAME: ' for the first node of the op type onnxruntime's reason names (it names the op only)."""
+    match = _OP.search(reason)
+    if not match:
+        return ""
+    try:
+        proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    except Exception:  # noqa: BLE001 - the reason alone is still the answer
+        return ""
+    domain, op = match.group(1) or "", match.group(2)
+    for node in proto.graph.node:
+        if node.op_type == op and (node.domain or "") in (domain, "ai.onnx" if not domain else domain):
+            return f"node '{node.name or node.output[0]}': "
+    return ""
 
 
 def explain_failure(exc: BaseException) -> str | None:

@@ -95,6 +95,19 @@ def spatial_model(pads: int = 0) -> onnx.ModelProto:
     return b.model()
 
 
+def fpn_model() -> onnx.ModelProto:
+    """Symbolic H/W through two stride-2 convs, a 2x Resize and a Concat with the stride-2 map (a
+    detector's neck): 1x1 inputs fail (the upsampled map is larger than the one it joins)."""
+    b = Builder(seed=10)
+    x = b.input("x", ["N", 3, "H", "W"])
+    s2 = b.relu(b.conv(x, 3, 4, 3, name="c1", strides=[2, 2]))
+    s4 = b.relu(b.conv(s2, 4, 4, 3, name="c2", strides=[2, 2]))
+    up = b.node("Resize", [s4, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    y = b.relu(b.conv(b.node("Concat", [s2, up], axis=1), 8, 6, 3, name="c3"))
+    b.output(b.gemm(b.node("Flatten", [b.node("GlobalAveragePool", [y])]), 6, 3, name="g1"), ["N", 3])
+    return b.model()
+
+
 def exact_size_model() -> onnx.ModelProto:
     """Symbolic height and width that only 7x7 fits (a Reshape to a constant 49-wide row per channel)."""
     b = Builder(seed=4)
@@ -611,6 +624,7 @@ def _models() -> list[Case]:
         model_case("model: fixed batch 1, --no-validate", lambda: cnn(batch=1), "--no-validate"),
         model_case("model: fixed batch 2", lambda: cnn(batch=2)),
         model_case("model: symbolic H/W that 1x1 does not fit", spatial_model),
+        model_case("model: symbolic H/W, Resize and Concat (detector neck)", fpn_model),
         model_case("model: symbolic H/W, --input-shape given", exact_size_model, "--input-shape", "x=1,2,7,7", size=7),
         model_case("model: symbolic H/W no common size fits", exact_size_model, expect=ERROR, code=2),
         model_case("model: If on a computed scalar condition", lambda: if_model(False)),

@@ -1,6 +1,6 @@
 """Run the whole fault corpus and print the number of cases per outcome class.
 
-    python tests/faults_table.py            # the onnxprune found on sys.path
+    python tests/faults_table.py            # this checkout's onnxprune
     PYTHONPATH=/path/to/other/checkout python tests/faults_table.py --details
 
 The classes and the cases are defined in faults_cases.py; the tests assert each case's class.
@@ -8,12 +8,15 @@ The classes and the cases are defined in faults_cases.py; the tests assert each 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if "PYTHONPATH" not in os.environ:  # measure this checkout unless told otherwise
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from faults_cases import all_cases, run_case  # noqa: E402
 
