@@ -127,7 +127,7 @@ def if_model(scalar_input: bool) -> onnx.ModelProto:
     if scalar_input:
         cond = b.input("flag", [], TensorProto.BOOL)
     else:
-        cond = b.node("Greater", [b.node("ReduceSum", [y], keepdims=0), b.const(np.array(0.0, np.float32))])
+        cond = b.node("Greater", [b.node("ReduceSum", [x], keepdims=0), b.const(np.array(0.0, np.float32))])
     then_g = helper.make_graph(
         [helper.make_node("Relu", [y], ["t"])],
         "then",
@@ -564,6 +564,15 @@ def bench_rows(*batches: int):
     return check
 
 
+def main_graph_pruned(folder: Path, stdout: str) -> str | None:
+    """The main graph around an If/Loop was pruned, and the report says why the rest is frozen."""
+    report = json.loads((folder / "r.json").read_text())
+    frozen = " ".join(str(g["frozen"]) for g in report["groups"] if g["frozen"])
+    if report["params_after"] >= report["params_before"]:
+        return "nothing pruned around the subgraph"
+    return None if "subgraph" in frozen else f"no subgraph reason among the frozen groups: {frozen}"
+
+
 def stale_removed(folder: Path, stdout: str) -> str | None:
     return None if not list(folder.glob(".out.onnx.*")) else "stale temp file left"
 
@@ -627,9 +636,14 @@ def _models() -> list[Case]:
         model_case("model: symbolic H/W, Resize and Concat (detector neck)", fpn_model),
         model_case("model: symbolic H/W, --input-shape given", exact_size_model, "--input-shape", "x=1,2,7,7", size=7),
         model_case("model: symbolic H/W no common size fits", exact_size_model, expect=ERROR, code=2),
-        model_case("model: If on a computed scalar condition", lambda: if_model(False)),
-        model_case("model: If on a scalar graph input", lambda: if_model(True)),
-        model_case("model: Loop reading an outer activation", loop_model),
+        *(
+            model_case(name, build, "--report", "r.json", outputs=("out.onnx", "r.json"), check=main_graph_pruned)
+            for name, build in (
+                ("model: If on a computed scalar condition", lambda: if_model(False)),
+                ("model: If on a scalar graph input", lambda: if_model(True)),
+                ("model: Loop reading an outer activation", loop_model),
+            )
+        ),
         model_case("model: op onnxruntime cannot run", custom_op_model, expect=ERROR),
         model_case("model: op onnxruntime cannot run, --no-validate", custom_op_model, "--no-validate", expect=ERROR),
         model_case("model: nodes out of order", unsorted_model),
