@@ -55,6 +55,9 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, OnnxPruneError):
         _say(f"error: {exc}")
         return 1
+    if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        click.echo(exc.format_message(), err=True)  # no command given: the help, not an "error"
+        return exc.exit_code
     if isinstance(exc, click.ClickException):
         _say(f"error: {exc.format_message()}")
         return exc.exit_code
