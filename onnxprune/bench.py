@@ -32,7 +32,10 @@ def measure(
     repeats: int = 20,
     threads: int = 0,
     label: str = "",
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Latency:
+    """Median and p90 latency of `model` at `batch`; `shapes` (--input-shape) sizes symbolic dims, its
+    first axis replaced by `batch`."""
     proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
     fixed = fixed_batch(input_specs(proto))
     if fixed is not None and batch != fixed:
@@ -40,7 +43,8 @@ def measure(
             f"--batch-sizes {batch}: {label or 'the model'} takes batches of exactly {fixed} (its inputs fix the "
             f"first axis); time it with --batch-sizes {fixed}"
         )
-    feeds = random_feeds(proto, batch=batch, seed=0, source=model)
+    shapes = {name: (batch, *dims[1:]) for name, dims in (shapes or {}).items()}
+    feeds = random_feeds(proto, batch=batch, seed=0, shapes=shapes, source=model)
     sess = runtime.session(model, providers, optimize=True, threads=threads)
     for _ in range(warmup):
         runtime.run(sess, feeds)

@@ -67,6 +67,11 @@ def _method_option_decorators(func):
     return func
 
 
+_INPUT_SHAPE = click.option(
+    "--input-shape", multiple=True, help="NAME=1,3,640,640: size of random inputs where the model's dims are symbolic."
+)
+
+
 @cli.command(name="prune")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
@@ -115,7 +120,7 @@ def _method_option_decorators(func):
 @click.option("--sparse-storage", is_flag=True, help="Store weights with many zeros as sparse initializers.")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=Path), help="Write the JSON report.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
-@click.option("--input-shape", multiple=True, help="NAME=1,3,640,640: input size for random validation inputs.")
+@_INPUT_SHAPE
 @_method_option_decorators
 def prune_command(
     model: Path,
@@ -190,7 +195,8 @@ def prune_command(
 @click.option("--data", default=None, type=click.Path(path_type=Path), help=".npz inputs (and labels) to compare on.")
 @click.option("--samples", default=256, show_default=True, type=int)
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def validate_command(original: Path, pruned: Path, data, samples: int, providers: str) -> None:
+@_INPUT_SHAPE
+def validate_command(original: Path, pruned: Path, data, samples: int, providers: str, input_shape) -> None:
     """Run ORIGINAL and PRUNED on the same inputs and print how far the outputs moved."""
     from . import runtime
     from .feeds import Dataset, load_dataset
@@ -198,7 +204,10 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
 
     preflight.check_numbers(samples=samples)
     reference, candidate = io.load_model(original), io.load_model(pruned)
-    dataset = load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0))
+    shapes = preflight.parse_input_shapes(input_shape)
+    dataset = (
+        load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0, shapes))
+    )
     result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
     click.echo(json.dumps(result, indent=1))
 
@@ -210,7 +219,10 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
 @click.option("--warmup", default=3, show_default=True, type=int)
 @click.option("--threads", default=0, show_default=True, type=int, help="intra-op threads (0: onnxruntime's choice).")
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str) -> None:
+@_INPUT_SHAPE
+def bench_command(
+    models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str, input_shape
+) -> None:
     """Median onnxruntime latency of each model (e.g. original and pruned) per batch size."""
     from . import runtime
     from .bench import measure, table
@@ -221,7 +233,8 @@ def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: 
     rows = []
     for path in models:
         io.load_model(path)  # one clear line for a bad file before onnxruntime sees it
-        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, label=path.name) for b in sizes)
+        shapes = preflight.parse_input_shapes(input_shape)
+        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, path.name, shapes) for b in sizes)
     click.echo("\n".join(table(rows)))
 
 
