@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 
 from . import runtime
+from .errors import OptionError
+from .feeds import fixed_batch, input_specs
 from .validate import random_feeds
 
 
@@ -30,9 +32,19 @@ def measure(
     repeats: int = 20,
     threads: int = 0,
     label: str = "",
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Latency:
+    """Median and p90 latency of `model` at `batch`; `shapes` (--input-shape) sizes symbolic dims, its
+    first axis replaced by `batch`."""
     proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
-    feeds = random_feeds(proto, batch=batch, seed=0)
+    fixed = fixed_batch(input_specs(proto))
+    if fixed is not None and batch != fixed:
+        raise OptionError(
+            f"--batch-sizes {batch}: {label or 'the model'} takes batches of exactly {fixed} (its inputs fix the "
+            f"first axis); time it with --batch-sizes {fixed}"
+        )
+    shapes = {name: (batch, *dims[1:]) for name, dims in (shapes or {}).items()}
+    feeds = random_feeds(proto, batch=batch, seed=0, shapes=shapes, source=model)
     sess = runtime.session(model, providers, optimize=True, threads=threads)
     for _ in range(warmup):
         runtime.run(sess, feeds)

@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import io
-from .errors import OnnxPruneError, OptionError
+from . import atomic, failure, io, preflight
 from .methods.base import PruneOptions
 from .methods.registry import METHODS, method_options
 from .pipeline import PipelineOptions, apply, inspect_model, prune
@@ -54,6 +53,11 @@ def _method_option_decorators(func):
             kwargs["type"] = option.type
         func = click.option(option.flags, option.dest, **kwargs)(func)
     return func
+
+
+_INPUT_SHAPE = click.option(
+    "--input-shape", multiple=True, help="NAME=1,3,640,640: size of random inputs where the model's dims are symbolic."
+)
 
 
 @cli.command(name="prune")
@@ -111,6 +115,7 @@ def _method_option_decorators(func):
     help="Write the plan (JSON, plus an .npz beside it for new weights) that `onnxprune apply` replays.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
+@_INPUT_SHAPE
 @_method_option_decorators
 def prune_command(
     model: Path,
@@ -134,13 +139,13 @@ def prune_command(
     report_path,
     plan_path,
     quiet: bool,
+    input_shape: tuple[str, ...],
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
-    target = io.check_output_path(model, output)
-    for side_file in (report_path, plan_path):
-        if side_file is not None:
-            io.check_output_path(model, side_file)
+    target = preflight.check_prune(
+        model, output, report_path, calib, validate_data, plan=plan_path, validate_samples=validate_samples
+    )
     given = click.get_current_context().get_parameter_source
     chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
     options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen)
@@ -153,11 +158,13 @@ def prune_command(
         iterations=iterations,
         sparse_storage=sparse_storage,
         progress=not quiet and sys.stderr.isatty(),
+        input_shapes=preflight.parse_input_shapes(input_shape),
     )
     result = prune(model, method, options, calib, validate_data, pipeline)
-    result.save(target, report_path)
-    if plan_path is not None:
-        result.plan_file.save(plan_path)
+    with atomic.Transaction() as transaction:  # the model, the report and the plan appear together or not at all
+        result.save(target, report_path, transaction)
+        if plan_path is not None:
+            result.plan_file.save(plan_path, transaction)
     if not quiet:
         click.echo("\n".join(summary_lines(result.report)))
         click.echo(f"wrote      {output}" + (f" and plan {plan_path}" if plan_path is not None else ""))
@@ -169,7 +176,7 @@ def prune_command(
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
 def apply_command(model: Path, plan: Path, output: Path) -> None:
     """Replay a plan saved by `prune --save-plan` on MODEL (no data needed): the same model prune wrote."""
-    target = io.check_output_path(model, output)
+    target = preflight.check_apply(model, plan, output)
     written = io.save_model(apply(model, plan), target)
     click.echo(f"wrote      {output} ({written:,} B)")
 
@@ -180,14 +187,19 @@ def apply_command(model: Path, plan: Path, output: Path) -> None:
 @click.option("--data", default=None, type=click.Path(path_type=Path), help=".npz inputs (and labels) to compare on.")
 @click.option("--samples", default=256, show_default=True, type=int)
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def validate_command(original: Path, pruned: Path, data, samples: int, providers: str) -> None:
+@_INPUT_SHAPE
+def validate_command(original: Path, pruned: Path, data, samples: int, providers: str, input_shape) -> None:
     """Run ORIGINAL and PRUNED on the same inputs and print how far the outputs moved."""
     from . import runtime
     from .feeds import Dataset, load_dataset
     from .validate import random_feeds, validate
 
+    preflight.check_numbers(samples=samples)
     reference, candidate = io.load_model(original), io.load_model(pruned)
-    dataset = load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0))
+    shapes = preflight.parse_input_shapes(input_shape)
+    dataset = (
+        load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0, shapes))
+    )
     result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
     click.echo(json.dumps(result, indent=1))
 
@@ -199,43 +211,32 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
 @click.option("--warmup", default=3, show_default=True, type=int)
 @click.option("--threads", default=0, show_default=True, type=int, help="intra-op threads (0: onnxruntime's choice).")
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def bench_command(models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str) -> None:
+@_INPUT_SHAPE
+def bench_command(
+    models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str, input_shape
+) -> None:
     """Median onnxruntime latency of each model (e.g. original and pruned) per batch size."""
     from . import runtime
     from .bench import measure, table
 
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise OptionError(f"--batch-sizes {batch_sizes}: give integers separated by commas, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1 or repeats < 1 or warmup < 0:
-        raise OptionError("--batch-sizes/--repeats: batch sizes and repeats must be positive")
+    sizes = preflight.parse_batch_sizes(batch_sizes)
+    preflight.check_numbers(repeats=repeats, warmup=warmup, threads=threads)
     chosen = runtime.resolve_providers(providers)
     rows = []
     for path in models:
         io.load_model(path)  # one clear line for a bad file before onnxruntime sees it
-        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, label=path.name) for b in sizes)
+        shapes = preflight.parse_input_shapes(input_shape)
+        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, path.name, shapes) for b in sizes)
     click.echo("\n".join(table(rows)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line on stderr for user errors (exit 1; 2 for bad options)."""
+    """Entry point: one line on stderr for user errors (exit 1; 2 for bad options); see failure.py."""
     try:
-        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
-    except OptionError as exc:
-        click.echo(f"onnxprune: error: {exc}", err=True)
-        sys.exit(2)
-    except OnnxPruneError as exc:
-        click.echo(f"onnxprune: error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("onnxprune: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        click.echo(f"onnxprune: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        with atomic.signals_interrupt():
+            cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - failure.exit_code sorts user errors from bugs
+        sys.exit(failure.exit_code(exc))
 
 
 if __name__ == "__main__":

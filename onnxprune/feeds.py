@@ -9,6 +9,7 @@ onnxruntime.quantization.CalibrationDataReader (anything with get_next()).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import CalibrationError
+from .errors import CalibrationError, OptionError
 
 LABEL_KEYS = ("labels", "label", "targets", "y")
 
@@ -39,25 +40,50 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size a model fixes on the first axis of its inputs (an export with batch 1), or None."""
+    sizes = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Samples for every model input (first axis = samples), and labels when the source had them."""
+    """Samples for every model input (first axis = samples), and labels when the source had them.
+
+    `batch` is the batch size the model fixes (None: free); every batch then has exactly that size,
+    and the sample count is a multiple of it.
+    """
 
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    batch: int | None = None
 
     def __len__(self) -> int:
-        return len(next(iter(self.feeds.values())))
+        return sample_count(self.feeds)
 
     def take(self, count: int | None) -> Dataset:
+        if self.batch and count is not None:
+            count = max(self.batch, count - count % self.batch)
         if count is None or count >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:count]
-        return Dataset({k: v[:count] for k, v in self.feeds.items()}, labels)
+        return Dataset(slice_samples(self.feeds, 0, count), labels, self.batch)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        batch_size = self.batch or batch_size
         for start in range(0, len(self), batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.feeds.items()}
+            yield slice_samples(self.feeds, start, start + batch_size)
+
+
+def sample_count(feeds: dict[str, np.ndarray]) -> int:
+    """Samples in `feeds`: the first axis of the inputs that have one (a scalar input, such as an If's
+    condition, has no sample axis and goes whole with every batch)."""
+    counts = [len(v) for v in feeds.values() if np.ndim(v) > 0]
+    return counts[0] if counts else 1
+
+
+def slice_samples(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] if np.ndim(v) > 0 else v for k, v in feeds.items()}
 
 
 def load_dataset(source, model: onnx.ModelProto, limit: int | None = None, where: str = "--calib") -> Dataset:
@@ -80,7 +106,7 @@ def load_dataset(source, model: onnx.ModelProto, limit: int | None = None, where
             f"{where}: cannot read data from a {type(source).__name__}; pass an .npz path, a "
             "folder, a dict of arrays, an iterable of feed dicts or a CalibrationDataReader"
         )
-    dataset = _check(arrays, labels, specs, where)
+    dataset = _check(arrays, labels, specs, where, _class_count(model))
     return dataset.take(limit)
 
 
@@ -143,7 +169,7 @@ def _stack(items: Iterator[dict], where: str, add_batch=None) -> dict[str, np.nd
         raise CalibrationError(f"{where}: samples have inconsistent shapes ({exc})") from None
 
 
-def _check(arrays: dict[str, np.ndarray], labels, specs, where: str) -> Dataset:
+def _check(arrays: dict[str, np.ndarray], labels, specs, where: str, classes: int | None = None) -> Dataset:
     feeds = {}
     for spec in specs:
         if spec.name not in arrays:
@@ -178,9 +204,136 @@ def _check(arrays: dict[str, np.ndarray], labels, specs, where: str) -> Dataset:
     counts = {len(v) for v in feeds.values()}
     if len(counts) > 1:
         raise CalibrationError(f"{where}: inputs have different sample counts {sorted(counts)}")
-    if labels is not None and len(labels) != counts.pop():
-        labels = None
-    return Dataset(feeds, labels)
+    count = counts.pop()
+    labels = None if labels is None else _labels(np.asarray(labels), count, classes, where)
+    batch = fixed_batch(specs)
+    if batch and count % batch:
+        if count < batch:
+            raise CalibrationError(
+                f"{where}: {count} samples, but the model takes batches of exactly {batch}; give at least {batch}"
+            )
+        count -= count % batch
+        feeds = {k: v[:count] for k, v in feeds.items()}
+        labels = None if labels is None else labels[:count]
+    return Dataset(feeds, labels, batch)
+
+
+def _labels(labels: np.ndarray, count: int, classes: int | None, where: str) -> np.ndarray:
+    """Labels as one integer class per sample (one-hot rows become classes), each below `classes` (the
+    width of the model's first output, when static)."""
+    if labels.ndim == 2 and labels.shape[1] > 1 and np.isin(labels, (0, 1)).all() and (labels.sum(1) == 1).all():
+        labels = labels.argmax(1)  # one-hot
+    elif labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise CalibrationError(
+            f"{where}: labels have shape {list(labels.shape)}; give one class index per sample (or one-hot rows)"
+        )
+    if labels.dtype.kind not in "iub":
+        if labels.dtype.kind != "f" or not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise CalibrationError(f"{where}: labels must be integer class indices (found {labels.dtype} values)")
+    if len(labels) != count:
+        raise CalibrationError(f"{where}: {len(labels)} labels for {count} samples; give one label per sample")
+    if len(labels) and (labels.min() < 0 or (classes and labels.max() >= classes)):
+        raise CalibrationError(
+            f"{where}: labels range over {int(labels.min())}..{int(labels.max())}, but the model's first output "
+            f"has {classes or 'its'} classes (0..{(classes or 1) - 1}); check that the labels belong to this model"
+        )
+    return labels.astype(np.int64)
+
+
+def _class_count(model: onnx.ModelProto) -> int | None:
+    if not model.graph.output:
+        return None
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    last = dims[-1] if len(dims) >= 2 else None
+    return int(last.dim_value) if last is not None and last.HasField("dim_value") and last.dim_value > 1 else None
+
+
+#: sizes tried for symbolic spatial or sequence dims when nothing else tells them (smallest first)
+COMMON_SIZES = (1, 8, 16, 32, 64, 128, 224, 256, 320, 416, 512, 640)
+
+
+def input_shapes(model: onnx.ModelProto, batch: int, given: dict | None = None, source=None) -> dict[str, tuple]:
+    """A concrete shape per model input for random inputs.
+
+    Fixed dims stay; a symbolic first dim is `batch`; other symbolic dims (height, width, sequence) come
+    from `given` (--input-shape), else from sizes the model's metadata names, else from the smallest
+    common size that onnxruntime runs the model with (`source`: the model or its file; without one,
+    1). No size fits: an OptionError asking for --input-shape.
+    """
+    specs = {s.name: s for s in input_specs(model)}
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise OptionError(f"--input-shape {unknown[0]}: the model has no such input (it has {', '.join(specs)})")
+    shapes = {n: _given_shape(specs[n], given[n]) for n in given}
+    open_dims = {}
+    for name, spec in specs.items():
+        if name not in given:
+            open_dims[name] = tuple(d if d is not None or axis == 0 else None for axis, d in enumerate(spec.shape))
+    if source is None or not any(None in dims[1:] for dims in open_dims.values()):
+        size = 1
+    else:
+        size = _search_size(model, shapes, open_dims, source)
+    for name, dims in open_dims.items():
+        shapes[name] = tuple(
+            (batch if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims)
+        )
+    return shapes
+
+
+def _given_shape(spec: InputSpec, dims: tuple) -> tuple:
+    if len(dims) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, dims, strict=False)):
+        raise OptionError(
+            f"--input-shape {spec.name}={','.join(map(str, dims))}: the model's input is {_shape_text(spec.shape)}; "
+            "give one size per axis and keep the fixed ones"
+        )
+    return tuple(dims)
+
+
+def _search_size(model: onnx.ModelProto, given: dict, open_dims: dict[str, tuple], source) -> int:
+    """The first size (metadata hints, then COMMON_SIZES) that onnxruntime runs the model with when every
+    open non-batch dim takes it, at batch 1."""
+    from . import runtime
+    from .errors import ValidationError
+
+    specs = {s.name: s for s in input_specs(model)}
+    sess = runtime.session(source)
+    candidates = list(dict.fromkeys([*_metadata_sizes(model), *COMMON_SIZES]))
+    reason = ""
+    for size in candidates:
+        feeds = {n: np.zeros(s, dtype=specs[n].dtype) for n, s in given.items()}
+        for name, dims in open_dims.items():
+            shape = tuple(
+                (1 if d is None else d) if axis == 0 else (size if d is None else d) for axis, d in enumerate(dims)
+            )
+            feeds[name] = np.zeros(shape, dtype=specs[name].dtype)
+        try:
+            runtime.run(sess, feeds)
+            return size
+        except ValidationError as exc:
+            reason = str(exc).rsplit(": ", 1)[-1]
+    name = next(n for n, dims in open_dims.items() if None in dims[1:])
+    info = next(i for i in model.graph.input if i.name == name)
+    params = [d.dim_param or f"D{axis}" for axis, d in enumerate(info.type.tensor_type.shape.dim)]
+    example = ",".join(
+        "1" if d is None and axis == 0 else (params[axis] if d is None else str(d))
+        for axis, d in enumerate(open_dims[name])
+    )
+    raise OptionError(
+        f"input '{name}': no common size ({candidates[0]} to {candidates[-1]}) of its symbolic dims runs "
+        f"({reason[:60].rstrip()}...); give the size with --input-shape {name}={example}"
+    )
+
+
+def _metadata_sizes(model: onnx.ModelProto) -> list[int]:
+    """Image sizes named in the model's metadata (e.g. Ultralytics' imgsz: [640, 640])."""
+    sizes = []
+    for prop in model.metadata_props:
+        if any(key in prop.key.lower() for key in ("imgsz", "img_size", "image_size", "input_size", "seq_len")):
+            sizes += [int(v) for v in re.findall(r"\d+", prop.value) if 0 < int(v) <= 4096]
+    return sizes
 
 
 def _shape_text(shape) -> str:

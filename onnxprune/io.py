@@ -9,7 +9,6 @@ target, renamed over it only once complete, so a crash never leaves a half-writt
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,9 +16,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .atomic import Transaction, describe_os_error
 from .errors import ModelLoadError, OutputPathError
 
 TWO_GB = 2**31 - 1
+#: the first IR version that lets initializers stand apart from graph.input (same operators otherwise)
+IR_INITIALIZERS_APART = 4
 #: metadata key under which load_model records the size of the source file(s); removed before saving.
 SOURCE_BYTES_KEY = "onnxprune.source_bytes"
 
@@ -134,7 +136,8 @@ def normalize_model(model: onnx.ModelProto) -> None:
     """Rewrite harmless exporter variations into one canonical form, in place.
 
     - Constant nodes holding tensors become initializers (Paddle and some TF exports).
-    - Initializers repeated in graph.input (IR < 4 exporters) are removed from the inputs.
+    - Initializers repeated in graph.input (IR < 4 exporters) are removed from the inputs, and an IR 3
+      model becomes IR 4 (the only change between them is that initializers need not be inputs).
     - Unnamed or duplicate-named nodes get unique names.
     - Sparse initializers (written by --sparse-storage) become dense initializers.
     - Nodes written out of topological order are sorted (onnx-graphsurgeon).
@@ -146,6 +149,8 @@ def normalize_model(model: onnx.ModelProto) -> None:
     if len(keep_inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(keep_inputs)
+    if init_names and model.ir_version < IR_INITIALIZERS_APART:
+        model.ir_version = IR_INITIALIZERS_APART  # IR 3 wants initializers repeated as inputs; 4 does not
     _name_nodes(model.graph)
     if not _is_topologically_sorted(model.graph):
         _toposort(model)
@@ -321,23 +326,24 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     return dst
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, transaction: Transaction | None = None) -> int:
     """Write `model` atomically and return the bytes written (model plus external data).
 
     The IR version and opsets are written as they are in `model` (the input's, so the runtime that ran
     the input runs the output). Models above 2 GB go to external data in '<name>.data' beside the file.
+    Within `transaction` the files appear only when it commits (with the other files it writes).
     """
+    if transaction is None:
+        with Transaction() as own:
+            return save_model(model, path, own)
     path = Path(path)
     strip_internal_metadata(model)
+    tmp = transaction.path(path)
     large = model.ByteSize() >= TWO_GB
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    data_name = f"{path.name}.data"
-    tmp_data = directory / f".{data_name}.tmp"
+    data_target = path.parent / f"{path.name}.data"
     try:
         if large:
+            tmp_data = transaction.path(data_target)
             onnx.save_model(
                 model,
                 str(tmp),
@@ -346,21 +352,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
                 all_tensors_to_one_file=True,
                 size_threshold=1024,
             )
-            _relocate_external(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, directory / data_name)
-        else:
-            with open(tmp, "wb") as handle:
-                handle.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, tmp_data):
-            if leftover.exists():
-                leftover.unlink()
-        raise
-    written = path.stat().st_size
-    if large:
-        written += (directory / data_name).stat().st_size
-    return written
+            _relocate_external(tmp, tmp_data.name, data_target.name)
+            return tmp.stat().st_size + tmp_data.stat().st_size
+        with open(tmp, "wb") as handle:
+            handle.write(model.SerializeToString())
+        return tmp.stat().st_size
+    except OSError as exc:
+        raise OutputPathError(describe_os_error(exc, path)) from None
 
 
 def _relocate_external(model_path: Path, old_location: str, new_location: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io, runtime
+from . import io, preflight, runtime
 from .analysis import Analysis, analyze
 from .analysis.cost import model_macs
+from .atomic import Transaction
 from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
@@ -43,7 +44,8 @@ class PipelineOptions:
     run_validation: run original and pruned on the same inputs; providers: auto|cpu|cuda;
     batch_size: onnxruntime batch of every statistics pass; iterations: data-driven methods prune K
     times, recollecting statistics in between; sparse_storage: mostly-zero weights stored sparse;
-    progress: progress bars on stderr.
+    progress: progress bars on stderr; input_shapes: sizes of random validation inputs whose dims are
+    symbolic (input name -> shape, --input-shape).
     """
 
     calib_samples: int | None = 256
@@ -54,17 +56,15 @@ class PipelineOptions:
     iterations: int = 1
     sparse_storage: bool = False
     progress: bool = False
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
-        for flag, value in (
-            ("--batch-size", self.batch_size),
-            ("--iterations", self.iterations),
-            ("--validate-samples", self.validate_samples),
-        ):
-            if int(value) < 1:
-                raise OptionError(f"{flag} {value}: must be at least 1")
-        if self.calib_samples is not None and int(self.calib_samples) < 1:
-            raise OptionError(f"--calib-samples {self.calib_samples}: must be at least 1")
+        preflight.check_numbers(
+            calib_samples=self.calib_samples,
+            validate_samples=self.validate_samples,
+            batch_size=self.batch_size,
+            iterations=self.iterations,
+        )
         if self.providers not in runtime.PROVIDER_CHOICES:
             raise OptionError(f"--providers {self.providers}: use one of {', '.join(runtime.PROVIDER_CHOICES)}")
 
@@ -103,15 +103,21 @@ class PruneResult:
     plans: list[PruningPlan] = field(default_factory=list)
     plan_file: PlanFile | None = None
 
-    def save(self, path: str | Path, report_path: str | Path | None = None) -> int:
-        """Write the model atomically (and the report, completed with the written size), return bytes."""
+    def save(
+        self, path: str | Path, report_path: str | Path | None = None, transaction: Transaction | None = None
+    ) -> int:
+        """Write the model (and the report, completed with the written size) all or nothing: within
+        `transaction` they appear when it commits, else at once together. Returns the model's bytes."""
+        if transaction is None:
+            with Transaction() as own:
+                return self.save(path, report_path, own)
         start = time.perf_counter()
-        written = io.save_model(self.model, path)
+        written = io.save_model(self.model, path, transaction)
         self.report["file_bytes_after"] = written
         self.report["seconds"]["save"] = round(time.perf_counter() - start, 4)
         self.report["output"] = str(path)
         if report_path is not None:
-            write_json(self.report, report_path)
+            write_json(self.report, transaction.path(report_path))
         return written
 
 
@@ -153,7 +159,7 @@ def prune(
     calib = _calibration(calibration, source.signature, pipeline.calib_samples, methods)
     collect = CollectSettings(pipeline.batch_size, providers, pipeline.progress)
     stats = None if calib is None else Statistics(calib, collect)
-    checks = _validation_data(validation_data, calib, source.signature, pipeline) if pipeline.run_validation else None
+    checks = _validation_data(validation_data, calib, current, pipeline) if pipeline.run_validation else None
     steps: list[Step] = []
     plan_steps: list[PlanStep] = []
     for meth in methods:
@@ -224,6 +230,8 @@ class _Source:
         loaded = _load(model)
         size = io.source_bytes(loaded) if from_file else model.ByteSize()
         io.strip_internal_metadata(loaded)
+        preflight.check_weights(loaded, str(model) if from_file else "model")
+        preflight.check_runs(str(model) if from_file else model)
         summary = {"params": io.count_params(loaded), "macs": model_macs(GraphIndex.build(loaded)), "bytes": size}
         reference = str(model) if from_file else model
         name = str(model) if from_file else "(in memory)"
@@ -262,6 +270,8 @@ def _run_step(model, meth: Method, options: PruneOptions, stats: Statistics | No
         model = _run_prepasses(model, meth.prepasses)
         index = GraphIndex.build(model)
         analysis = analyze(index)
+        producers = [p.node for g in analysis.groups for p in g.producers]
+        preflight.check_selection(producers, options.include, options.exclude)
     with timer("decide"):
         ctx = MethodContext.build(meth, model, index, analysis, options, stats)
         plan = meth.decide(ctx)
@@ -303,11 +313,13 @@ def _calibration(calibration, model, limit, methods) -> Dataset | None:
 
 
 def _validation_data(validation_data, calib: Dataset | None, model, pipeline: PipelineOptions) -> Dataset:
+    """--validate-data, else the calibration data, else random inputs (sized by --input-shape where
+    the model's dims are symbolic)."""
     if validation_data is not None:
         return load_dataset(validation_data, model, pipeline.validate_samples, where="--validate-data")
     if calib is not None:
         return calib.take(pipeline.validate_samples)
-    return Dataset(random_feeds(model, batch=8, seed=0))
+    return Dataset(random_feeds(model, batch=8, seed=0, shapes=pipeline.input_shapes))
 
 
 def _validation_source(validation_data, calib: Dataset | None) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import Analysis
+from .atomic import Transaction
 from .errors import PlanError
 
 #: version of the plan file format written by PlanFile.save
@@ -103,8 +104,12 @@ class PlanFile:
     steps: tuple[PlanStep, ...]
     sparse_storage: bool = False
 
-    def save(self, path: str | Path) -> list[Path]:
-        """Write PATH (JSON) and, when a step has updates, PATH with suffix .npz; returns the files."""
+    def save(self, path: str | Path, transaction: Transaction | None = None) -> list[Path]:
+        """Write PATH (JSON) and, when a step has updates, PATH with suffix .npz, all or nothing (within
+        `transaction`: when it commits); returns the files."""
+        if transaction is None:
+            with Transaction() as own:
+                return self.save(path, own)
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         steps = []
@@ -125,9 +130,9 @@ class PlanFile:
             )
         payload = {"format": PLAN_FORMAT, "sparse_storage": self.sparse_storage, "steps": steps}
         written = [path]
-        path.write_text(json.dumps(payload, indent=1))
+        transaction.path(path).write_text(json.dumps(payload, indent=1))
         if arrays:
-            with open(path.with_suffix(".npz"), "wb") as handle:
+            with open(transaction.path(path.with_suffix(".npz")), "wb") as handle:
                 np.savez(handle, **arrays)
             written.append(path.with_suffix(".npz"))
         return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -85,8 +86,65 @@ def session(
     try:
         return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValidationError(f"onnxruntime cannot load the model: {first}") from None
+        where = source if isinstance(source, str) else "model"
+        reason = explain(exc)
+        raise ValidationError(
+            f"{where}: onnxruntime {ort.__version__} cannot load it: {_node_of(model, reason)}{reason}; the model "
+            "must run in onnxruntime to be pruned and validated"
+        ) from None
+
+
+#: pieces of onnxruntime's messages that say nothing to a user: status prefixes, the source file and
+#: the C++ signature of the function that failed, the path of the model it was loading.
+_NOISE = (
+    re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : "),
+    re.compile(r"Load model from .*? failed:\s*"),
+    re.compile(r"/\S+\.(?:cc|cpp|h):\d+ (?:[\w:~<>,&* ]+\([^()]*\)(?: const)?\s*)?"),
+    re.compile(r"\s*This is an invalid model\.\s*"),
+)
+_NODE = re.compile(r"(?:Non-zero status code returned while running|In Node,) \(?\s*(\w+) node\. Name:'([^']*)'")
+_STATUS = re.compile(r"Status Message: (.*)", re.S)
+
+
+def explain(exc: BaseException, limit: int = 220) -> str:
+    """onnxruntime's reason for `exc`, without status codes, source paths and C++ signatures, naming
+    the node when onnxruntime says which one failed; cut to one line of at most `limit` characters."""
+    text = str(exc).strip() or type(exc).__name__
+    node = _NODE.search(text)
+    status = _STATUS.search(text)
+    if node and status:
+        text = f"node '{node.group(2)}' ({node.group(1)}): {status.group(1)}"
+    for pattern in _NOISE:
+        text = pattern.sub(" ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+_OP = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\)")
+
+
+def _node_of(model: onnx.ModelProto | str, reason: str) -> str:
+    """'node NAME: ' for the first node of the op type onnxruntime's reason names (it names the op only)."""
+    match = _OP.search(reason)
+    if not match:
+        return ""
+    try:
+        proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    except Exception:  # noqa: BLE001 - the reason alone is still the answer
+        return ""
+    domain, op = match.group(1) or "", match.group(2)
+    for node in proto.graph.node:
+        if node.op_type == op and (node.domain or "") in (domain, "ai.onnx" if not domain else domain):
+            return f"node '{node.name or node.output[0]}': "
+    return ""
+
+
+def explain_failure(exc: BaseException) -> str | None:
+    """explain(exc) when `exc` is an onnxruntime error (raised while running a model), else None."""
+    module = type(exc).__module__ or ""
+    if module.startswith("onnxruntime"):
+        return explain(exc)
+    return None
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:
@@ -97,7 +155,23 @@ def _serialize(model: onnx.ModelProto) -> bytes:
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
     names = [i.name for i in sess.get_inputs()]
-    return sess.run(outputs, {k: v for k, v in feeds.items() if k in names})
+    try:
+        return sess.run(outputs, {k: v for k, v in feeds.items() if k in names}, _QUIET_RUN)
+    except Exception as exc:
+        if explain_failure(exc) is None:
+            raise
+        shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items() if k in names)
+        raise ValidationError(f"onnxruntime cannot run the model on inputs {shapes}: {explain(exc)}") from None
+
+
+_QUIET_RUN = ort.RunOptions()
+_QUIET_RUN.log_severity_level = 4  # a failed run raises, and the error says it once (no colored log line)
+
+
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size the session's inputs fix on their first axis, or None when it is free."""
+    sizes = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 _ORT_TYPES = {

@@ -14,6 +14,7 @@ import onnx
 
 from . import runtime
 from .errors import ValidationError
+from .feeds import input_shapes, sample_count, slice_samples
 
 
 @dataclass(frozen=True)
@@ -28,25 +29,23 @@ class OutputComparison:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def random_feeds(model: onnx.ModelProto, batch: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs from the model's input signature (symbolic dims: `batch` for the first, 1 otherwise)."""
+def random_feeds(
+    model: onnx.ModelProto, batch: int = 8, seed: int = 0, shapes: dict | None = None, source=None
+) -> dict[str, np.ndarray]:
+    """Random inputs from the model's input signature: fixed dims as they are, a symbolic first dim
+    `batch`, other symbolic dims from `shapes` (--input-shape) or a size the model runs with
+    (feeds.input_shapes; `source`, default `model`, is what onnxruntime runs to find it)."""
     rng = np.random.default_rng(seed)
+    source = source if source is not None else (model if len(model.graph.node) else None)
     feeds = {}
-    for info in model.graph.input:
-        tensor_type = info.type.tensor_type
-        dims = []
-        for position, dim in enumerate(tensor_type.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
-                dims.append(int(dim.dim_value))
-            else:
-                dims.append(batch if position == 0 else 1)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    for info, (name, dims) in zip(model.graph.input, input_shapes(model, batch, shapes, source).items(), strict=True):
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
-            feeds[info.name] = rng.standard_normal(dims).astype(dtype)
+            feeds[name] = rng.standard_normal(dims).astype(dtype)
         elif dtype == np.bool_:
-            feeds[info.name] = rng.integers(0, 2, dims).astype(bool)
+            feeds[name] = rng.integers(0, 2, dims).astype(bool)
         else:
-            feeds[info.name] = rng.integers(0, 4, dims).astype(dtype)
+            feeds[name] = rng.integers(0, 4, dims).astype(dtype)
     return feeds
 
 
@@ -74,11 +73,11 @@ def compare_outputs(names: list[str], reference: list[np.ndarray], candidate: li
 
 def run_batches(sess, feeds: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """Run `feeds` (first axis = samples) through `sess` in batches and concatenate the outputs."""
-    count = len(next(iter(feeds.values())))
+    count = sample_count(feeds)
+    batch_size = runtime.fixed_batch(sess) or batch_size  # a model exported with batch 1 runs at batch 1
     chunks = []
     for start in range(0, count, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in feeds.items()}
-        chunks.append(runtime.run(sess, batch))
+        chunks.append(runtime.run(sess, slice_samples(feeds, start, start + batch_size)))
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
@@ -104,7 +103,7 @@ def validate(
     reference = run_batches(ref_sess, feeds)
     candidate = run_batches(new_sess, feeds)
     report = {
-        "samples": int(len(next(iter(feeds.values())))),
+        "samples": sample_count(feeds),
         "outputs": {c.name: c.as_dict() for c in compare_outputs(names, reference, candidate)},
     }
     if labels is not None:
@@ -114,18 +113,27 @@ def validate(
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples whose largest logit is at the label (labels: one class index per sample)."""
+    labels = np.asarray(labels).reshape(-1)
     return float((np.asarray(logits).reshape(len(labels), -1).argmax(1) == labels).mean())
 
 
 def _check_signature(original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
+    """The pruned model keeps the original's input and output names, element types and ranks."""
     for kind in ("input", "output"):
-        before = [
-            (v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim))
-            for v in getattr(original.graph, kind)
-        ]
-        after = [
-            (v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim))
-            for v in getattr(pruned.graph, kind)
-        ]
+        before, after = _describe(getattr(original.graph, kind)), _describe(getattr(pruned.graph, kind))
         if before != after:
-            raise ValidationError(f"pruned model: graph {kind}s changed from {before} to {after}; this is a bug")
+            raise ValidationError(
+                f"the models differ in their {kind}s: the original has {', '.join(before) or 'none'}, the other "
+                f"has {', '.join(after) or 'none'}; compare a model with its own pruned version"
+            )
+
+
+def _describe(values) -> list[str]:
+    """'image (float32, rank 4)' per value."""
+    words = []
+    for v in values:
+        tensor = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "untyped"
+        words.append(f"'{v.name}' ({dtype}, rank {len(tensor.shape.dim)})")
+    return words

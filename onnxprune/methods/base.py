@@ -20,6 +20,7 @@ from ..analysis import Analysis, Group
 from ..errors import OptionError
 from ..graph import GraphIndex
 from ..plan import PruningPlan
+from ..preflight import check_numbers
 from ..stats import Statistics
 from .options import MethodOption, build_settings
 
@@ -46,6 +47,7 @@ class PruneOptions:
             raise OptionError(f"--ratio {self.ratio}: must be in [0, 1); 0.5 removes half of each group's channels")
         if self.round_to < 1:
             raise OptionError(f"--round-to {self.round_to}: must be a positive integer")
+        check_numbers(seed=self.seed)
         if self.min_keep < 1:
             raise OptionError(f"--min-keep {self.min_keep}: must be at least 1")
         for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
