@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis
-from ..analysis.rewrites import ConvGroups, DimEntry, GatherIndices, SliceRange, SplitSizes
+from ..analysis.rewrites import ConvGroups, CountAttribute, DimEntry, GatherIndices, SliceRange, SplitSizes
 from ..graph import attributes, opset_version
 from ..io import RAW_DTYPES, make_tensor, tensor_array
 from ..plan import PruningPlan, check_plan
@@ -199,6 +199,24 @@ def _conv_groups(editor: _Editor, record: ConvGroups, sizes: _NewSizes, analysis
     _set_int_attribute(node, "group", new_groups)
 
 
+def _count_attribute(editor: _Editor, record: CountAttribute, sizes: _NewSizes, analysis) -> None:
+    if record.source in analysis.const_labels:
+        line = analysis.const_labels[record.source][record.axis]
+        kept = ~(sizes.removed[line] & (line >= 0))
+    else:
+        kept = sizes.kept(record.source, record.axis)
+    if kept is None:
+        return
+    value = int(kept[record.start : record.stop].sum()) // record.unit
+    node = editor.nodes[record.node]
+    if record.entry < 0:
+        _set_int_attribute(node, record.attribute, value)
+        return
+    values = list(attributes(node)[record.attribute])
+    values[record.entry] = value
+    _set_ints_attribute(node, record.attribute, values)
+
+
 def _drop_attribute(node, name: str) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
@@ -221,4 +239,5 @@ _REWRITERS = {
     SliceRange: _slice_range,
     GatherIndices: _gather_indices,
     ConvGroups: _conv_groups,
+    CountAttribute: _count_attribute,
 }
