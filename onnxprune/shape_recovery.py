@@ -15,7 +15,10 @@ filled; what neither fallback types stays unknown, and `sources[name]` says what
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -65,13 +68,13 @@ def _merge(index, found: dict[str, tuple[tuple, int]], source: str) -> None:
 
 def _symbolic(model: onnx.ModelProto, names: list[str]) -> tuple[dict, str]:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError as exc:  # sympy missing
+        SymbolicShapeInference = _symbolic_tool()
+    except Exception as exc:  # sympy missing, or an onnxruntime without the tool
         return {}, f"{SYMBOLIC} is unavailable: {exc}"
     from .graph import _dim
     from .io import skeleton
 
-    quiet = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    quiet = logging.getLogger("onnxprune._ort_symbolic_shape_infer")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
@@ -96,15 +99,26 @@ def _symbolic(model: onnx.ModelProto, names: list[str]) -> tuple[dict, str]:
     return found, ""
 
 
+def _symbolic_tool():
+    """onnxruntime.tools.symbolic_shape_infer.SymbolicShapeInference, loaded from its file: importing
+    the `onnxruntime.tools` package imports torch when installed (seconds) for an unrelated helper."""
+    name = "onnxprune._ort_symbolic_shape_infer"
+    if name not in sys.modules:
+        origin = importlib.util.find_spec("onnxruntime").origin
+        spec = importlib.util.spec_from_file_location(name, Path(origin).parent / "tools" / "symbolic_shape_infer.py")
+        if spec is None or not spec.origin or not Path(spec.origin).exists():
+            raise ImportError("onnxruntime/tools/symbolic_shape_infer.py is missing")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].SymbolicShapeInference
+
+
 def _run(model: onnx.ModelProto, names: list[str]) -> tuple[dict, str]:
     from . import runtime
+    from .calibration import with_outputs
 
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    outputs = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in outputs:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+    exposed = with_outputs(model, names)
     params = sorted({d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if not _static(d)})
     try:
         session = runtime.session(exposed, providers=["CPUExecutionProvider"], threads=1)

@@ -118,6 +118,9 @@ def test_attention_heads_are_units_of_the_packed_projection(sizes):
     model = _attention(sizes)
     a = run_analysis(model)
     assert_groups(a, G(["att"], ["proj"], 2), G(["proj"], [], 8, frozen=OUT.format("proj_out")))
+    assert a.groups[0].unit == ("head of 4 (value 6)" if sizes else "head of 4")
+    q, k, v = sizes or (8, 8, 8)
+    assert a.node_macs["att"] == S * 8 * (q + k + v) + S * S * (q + v)  # projection, Q K^T, weights x V
     q, k, v = sizes or (8, 8, 8)
     line = a.const_labels["wqkv"][1]
     heads = [np.unique(line[h * q // 2 : (h + 1) * q // 2]).tolist() for h in range(2)]
@@ -158,6 +161,7 @@ def test_multi_head_attention_ties_q_k_v_heads_of_three_projections(rotary):
     model = _mha(rotary=rotary)
     a = run_analysis(model)
     assert_groups(a, G(["k", "q", "v"], ["proj"], 2), G(["proj"], [], 8, frozen=OUT.format("proj_out")))
+    assert next(g.unit for g in a.groups if g.prunable) == "head of 4 (value 6)"
     head = a.const_labels["wq"][1][0]
     assert a.const_labels["wk"][1][:4].tolist() == [head] * 4
     assert a.const_labels["wv"][1][:6].tolist() == [head] * 6
@@ -197,6 +201,8 @@ def test_group_query_attention_removes_a_kv_head_with_its_query_heads(heads, kv_
     )
     q, k = a.const_labels["wq"][1], a.const_labels["wk"][1]
     share = heads // kv_heads
+    unit = f"KV head of 8 with {share} query heads" if share > 1 else "head of 8"
+    assert next(g.unit for g in a.groups if g.prunable) == unit
     for j in range(kv_heads):
         assert set(q[j * share * 8 : (j + 1) * share * 8].tolist()) == {k[j * 8]}
     if kv_heads > 1:

@@ -57,6 +57,7 @@ class Propagation:
     consumers: list[ConsumerRole] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
     activations: dict[str, str] = field(default_factory=dict)
+    units: dict[int, str] = field(default_factory=dict)  # atom -> the unit it is part of ("head of 8")
 
     # ---- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> np.ndarray | None:

@@ -37,7 +37,20 @@ def node_macs(index: GraphIndex, node) -> int:
             k = weight[-2]
         rows = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
         return rows * int(out[-1]) * int(k if isinstance(k, int) else 1)
+    if node.op_type == "Attention" and node.domain == "com.microsoft":
+        return _fused_attention_macs(index, node, out)
     return 0
+
+
+def _fused_attention_macs(index: GraphIndex, node, out) -> int:
+    """com.microsoft Attention on [B, S, C]: the packed projection (S C (q+k+v)) plus Q K^T and the
+    weighted sum of V (S S q + S S v), the same terms the decomposed form's MatMuls count."""
+    weight = index.shape(node.input[1])
+    if weight is None or len(out) != 3 or not all(isinstance(d, int) for d in weight):
+        return 0
+    sizes = attributes(node).get("qkv_hidden_sizes") or [weight[1] // 3] * 3
+    seq = int(out[1])
+    return seq * int(weight[0]) * int(weight[1]) + seq * seq * (int(sizes[0]) + int(sizes[2]))
 
 
 def model_macs(index: GraphIndex) -> int:

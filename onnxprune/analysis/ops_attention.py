@@ -48,13 +48,15 @@ def _hidden(p: Propagation, name: str) -> int:
     return p.dim(name, 2)
 
 
-def _tie_units(p: Propagation, node, units: list[np.ndarray], reason: str) -> None:
-    """Unify the positions of each unit (a head, or a KV head with its query heads); a unit with a
-    position that cannot be removed is frozen whole."""
+def _tie_units(p: Propagation, node, units: list[np.ndarray], reason: str, name: str | None) -> None:
+    """Unify the positions of each unit (a head, or a KV head with its query heads) and name it; a unit
+    with a position that cannot be removed is frozen whole."""
     for unit in units:
         atoms = unit[unit >= 0]
         if not atoms.size:
             continue
+        if name:
+            p.units[int(atoms[0])] = name
         if (unit < 0).any():
             p.freeze(atoms, reason)
         for atom in np.unique(atoms[1:]).tolist():
@@ -111,7 +113,7 @@ def attention(p: Propagation, node, attrs, opset) -> None:
     blocks = zip(_blocks(atoms, 0, d, heads), _blocks(atoms, sizes[0], d, heads),
                  _blocks(atoms, 2 * sizes[0], dv, heads), strict=True)  # fmt: skip
     units = [np.concatenate(b) for b in blocks]
-    _tie_units(p, node, units, "")
+    _tie_units(p, node, units, "", f"head of {d}" + (f" (value {dv})" if dv != d else ""))
     p.add_producer(ProducerRole(node.name, node.op_type, node.input[1], 1, bias, node.output[0]))
     p.label_const(node.input[1], 1, atoms, node, 1)
     if bias:
@@ -143,7 +145,8 @@ def multi_head_attention(p: Propagation, node, attrs, opset) -> None:
     d, dv = q_size // heads, v_size // heads
     blocks = zip(_blocks(q, 0, d, heads), _blocks(k, 0, d, heads), _blocks(v, 0, dv, heads), strict=True)
     units = [np.concatenate(b) for b in blocks]
-    _tie_units(p, node, units, f"MultiHeadAttention '{node.name}' mixes heads with positions that cannot be removed")
+    reason = f"MultiHeadAttention '{node.name}' mixes heads with positions that cannot be removed"
+    _tie_units(p, node, units, reason, f"head of {d}" + (f" (value {dv})" if dv != d else ""))
     bias = node.input[3] if len(node.input) > 3 and node.input[3] else None
     if bias:
         if not p.index.is_constant(bias):
@@ -177,7 +180,8 @@ def group_query_attention(p: Propagation, node, attrs, opset) -> None:
         np.concatenate([*q_heads[j * share : (j + 1) * share], kb, vb])
         for j, (kb, vb) in enumerate(zip(_blocks(k, 0, d, kv_heads), _blocks(v, 0, d, kv_heads), strict=True))
     ]
-    _tie_units(p, node, units, f"GroupQueryAttention '{node.name}' mixes heads with positions that cannot be removed")
+    reason = f"GroupQueryAttention '{node.name}' mixes heads with positions that cannot be removed"
+    _tie_units(p, node, units, reason, f"KV head of {d} with {share} query heads" if share > 1 else f"head of {d}")
     _freeze_caches(p, node, np.concatenate([q, k, v]), [3, 4, *_per_head_bias(p, node, 10)], [1, 2])
     p.rewrite(_count(node, "num_heads", -1, node.output[0], 2, 0, heads * d, d))
     source, start, stop = sources[0]
@@ -213,7 +217,7 @@ def rotary_embedding(p: Propagation, node, attrs, opset) -> None:
         d = 2 * cos[-1]
     line = _line(p, node.input[0], hidden, "input")
     reason = f"RotaryEmbedding '{node.name}' rotates channels with positions that cannot be removed"
-    _tie_units(p, node, _blocks(line, 0, d, hidden // d), reason)
+    _tie_units(p, node, _blocks(line, 0, d, hidden // d), reason, None)  # the attention op names the unit
     if heads:
         p.rewrite(_count(node, "num_heads", -1, node.input[0], 2, 0, hidden, d))
     p.set(node.output[0], line.reshape(1, 1, -1))
