@@ -223,3 +223,17 @@ def test_group_query_attention_kv_cache_output_freezes_heads():
     a = run_analysis(_gqa(present_out=True))
     group = next(g for g in a.groups if "q" in {p.node for p in g.producers})
     assert not group.free and "writes KV cache 'gqa_out1'" in group.frozen
+
+
+def test_attention_consumes_the_channels_of_its_input():
+    """A layer feeding Attention directly: its channels are rows of the packed QKV weight."""
+    b = _builder()
+    x = b.input("x", [B, S, 8])
+    h = b.node("Relu", [b.node("MatMul", [x, b.rand((8, 6), "w_in")], name="inp")])
+    a = b.node("Attention", [h, b.rand((6, 24), "wqkv"), b.rand((24,), "bqkv")], domain=MS, name="att", num_heads=2)
+    b.output(b.node("MatMul", [a, b.rand((8, 8), "wo")], name="proj"), [B, S, 8])
+    model = b.model()
+    a = run_analysis(model)
+    assert_groups(a, G(["inp"], ["att"], 6), G(["att"], ["proj"], 2), G(["proj"], [], 8, frozen=OUT.format("proj_out")))
+    assert a.const_labels["wqkv"][0].tolist() == a.const_labels["w_in"][1].tolist()
+    shrink_matches_mask(model)

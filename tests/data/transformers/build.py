@@ -106,9 +106,14 @@ def _export(name: str, config, cache: bool = False, dynamo: bool = False) -> Pat
     path = HERE / f"{name}{'_cache' if cache else ''}{'_dynamo' if dynamo else ''}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Logits(model, cache), args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=18 if dynamo else 17, dynamo=dynamo,
-                          **({"external_data": False} if dynamo else {}))  # fmt: skip
+        if dynamo:  # torch.export names its own symbolic dims; the module takes *args: one spec per tensor
+            auto = torch.export.Dim.AUTO
+            shapes = (tuple({axis: auto for axis in dynamic.get(name, {})} for name in inputs),)
+            torch.onnx.export(_Logits(model, cache), args, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_shapes=shapes, opset_version=18, dynamo=True, external_data=False)  # fmt: skip
+        else:
+            torch.onnx.export(_Logits(model, cache), args, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=17, dynamo=False)  # fmt: skip
     model_proto = onnx.load(str(path))
     model_proto.ir_version = 8
     onnx.save(model_proto, str(path))
