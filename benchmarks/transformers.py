@@ -58,7 +58,7 @@ def _describe(name: str, model: onnx.ModelProto) -> str:
     prunable = sum(g.params for g in a.prunable_groups())
     ffn = sum(1 for g in a.prunable_groups() if g.unit == "channel" and g.size == 64)
     heads = sum(1 for g in a.prunable_groups() if g.unit.startswith("head") or g.unit.startswith("KV head"))
-    return f"{name:18} {body:>8,} {100 * prunable / body:>8.1f}% {ffn:>4} {heads:>5}"
+    return f"{name:24} {body:>8,} {100 * prunable / body:>8.1f}% {ffn:>4} {heads:>5}"
 
 
 def main() -> None:
@@ -68,12 +68,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     names = sorted(p.stem for p in DATA.glob("*.onnx"))
-    print(f"{'model':18} {'params*':>8} {'prunable':>9} {'ffn':>4} {'heads':>5}   (*: without embeddings)")
+    print(f"{'model':24} {'params*':>8} {'prunable':>9} {'ffn':>4} {'heads':>5}   (*: without embeddings)")
     for name in names:
         print(_describe(name, onnx.load(str(DATA / f"{name}.onnx"))))
     print()
     columns = [f"{m} {r:.0%}" for m in args.methods for r in args.ratios]
-    print(f"{'model':18} " + " ".join(f"{c:>14}" for c in columns) + "  (output cosine; seconds)")
+    print(f"{'model':24} " + " ".join(f"{c:>14}" for c in columns) + "  (output cosine; seconds)")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             model = onnx.load(str(DATA / f"{name}.onnx"))
@@ -90,7 +90,7 @@ def main() -> None:
                                    validation_data=str(check), providers="cpu")  # fmt: skip
                     cosine = min(o["cosine"] for o in result.report["validation"]["outputs"].values())
                     cells.append(f"{cosine:.4f} {time.perf_counter() - start:4.1f}s")
-            print(f"{name:18} " + " ".join(f"{c:>14}" for c in cells))
+            print(f"{name:24} " + " ".join(f"{c:>14}" for c in cells))
 
 
 if __name__ == "__main__":
