@@ -55,6 +55,24 @@ def test_fused_ffn_prunes_hidden_neurons_and_the_norm_blocks_the_residual(activa
     shrink_matches_mask(model)
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fused_matmul_is_a_layer_without_transposes(trans_b):
+    b = _builder()
+    x = b.input("x", [B, S, 8])
+    h = b.node("FusedMatMul", [x, b.rand((8, 12), "w1")], domain=MS, name="fc1", alpha=0.5)
+    w2 = b.rand((8, 12) if trans_b else (12, 8), "w2")
+    h = b.node("FusedMatMul", [b.node("Relu", [h]), w2], domain=MS, name="fc2", alpha=2.0, transB=trans_b)
+    b.output(b.node("MatMul", [h, b.rand((8, 4), "w3")], name="fc3"), [B, S, 4])
+    model = b.model()
+    a = run_analysis(model)
+    if trans_b:
+        frozen = "FusedMatMul 'fc2': FusedMatMul with transB has no rule"
+        assert_groups(a, G(["fc1"], [], 12, frozen=frozen), G(["fc3"], [], 4, frozen=OUT.format("fc3_out")))
+        return
+    assert_groups(a, G(["fc1"], ["fc2"], 12), G(["fc2"], ["fc3"], 8), G(["fc3"], [], 4, frozen=OUT.format("fc3_out")))
+    shrink_matches_mask(model)
+
+
 def test_bias_add_joins_bias_and_skip():
     """BiasAdd(x, bias, skip) = x + bias + skip: the bias is sliced with x's channels and the skip's
     channels (another layer's) are tied to them. (onnxruntime has BiasAdd on CUDA only: no run here.)"""

@@ -71,6 +71,7 @@ RULES = {
 #: onnxruntime's contrib ops (ops_fused.py, ops_attention.py), keyed by their domain
 CONTRIB_RULES = {
     **{op: fused.bias_activation for op in "Gelu QuickGelu FastGelu BiasGelu BiasAdd".split()},
+    "FusedMatMul": fused.fused_matmul,
     "SkipLayerNormalization": fused.skip_norm,
     "SkipSimplifiedLayerNormalization": fused.skip_norm,
     "SimplifiedLayerNormalization": fused.simplified_norm,
@@ -88,4 +89,4 @@ def rule_for(node):
 
 
 #: ops that create channels even when no input is labeled
-PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention"})
+PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "FusedMatMul"})

@@ -5,6 +5,8 @@ ONNX-domain contrib SimplifiedLayerNormalization), as its transformer optimizer 
 - BiasGelu(x, b) = Gelu(x + b), FastGelu(x, b?) = tanh-Gelu(x + b), BiasAdd(x, b, skip) = x + b + skip:
   the additive inputs join like Add (a [C] bias is sliced with the channels of x: the fused MatMul+bias
   form), the activation after it is transparent.
+- FusedMatMul(A, B) = alpha * op(A) op(B) (onnxruntime's level-1 optimizations fold a Transpose and a
+  scalar Mul into it): without transposes it is a MatMul scaled by a scalar, so the MatMul rule holds.
 - SkipLayerNormalization(x, skip, gamma, beta?, bias?) = LayerNorm(x + skip + bias) over the last axis,
   SkipSimplifiedLayerNormalization(x, skip, gamma, bias?) = RMSNorm(x + skip + bias), and
   SimplifiedLayerNormalization(x, scale) = x / sqrt(mean(x^2 over axes [axis:]) + eps) * scale: the mean
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from .context import Propagation
 from .labels import Unsupported, varying_axes
+from .ops_layers import matmul
 from .ops_pointwise import join_slots
 
 
@@ -25,6 +28,14 @@ def bias_activation(p: Propagation, node, attrs, opset) -> None:
     joined = join_slots(p, node, range(len(node.input)))
     if joined is not None:
         p.set(node.output[0], joined)
+
+
+def fused_matmul(p: Propagation, node, attrs, opset) -> None:
+    """com.microsoft FusedMatMul without transposes: the MatMul rule (alpha scales every channel alike)."""
+    flags = [f for f in ("transA", "transB", "transBatchA", "transBatchB") if int(attrs.get(f, 0))]
+    if flags:
+        raise Unsupported(f"FusedMatMul with {', '.join(flags)} has no rule")
+    matmul(p, node, attrs, opset)
 
 
 def skip_norm(p: Propagation, node, attrs, opset) -> None:
