@@ -14,6 +14,7 @@ import onnx
 
 from .io import skeleton as io_skeleton
 from .io import tensor_array
+from .shape_recovery import recover_shapes
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -35,6 +36,7 @@ class GraphIndex:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     shapes: dict[str, Shape] = field(default_factory=dict)
     dtypes: dict[str, int] = field(default_factory=dict)
+    shape_sources: dict[str, str] = field(default_factory=dict)  # shapes not from ONNX inference: where from
     _arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -51,6 +53,7 @@ class GraphIndex:
                     index.producer[name] = position
         index._infer({})
         index._refine_reshapes()
+        recover_shapes(index)
         return index
 
     def _infer(self, hints: dict[str, tuple]) -> None:

@@ -110,11 +110,31 @@ def signature(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+#: contrib ops that onnxruntime registers in the ONNX domain (its transformer optimizer writes them
+#: there); the ONNX checker knows no such op, so `checkable` moves them to com.microsoft for it
+ORT_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy whose onnxruntime contrib ops of the ONNX domain sit in com.microsoft (which
+    the checker and strict shape inference leave alone), for checking only."""
+    if not any(n.op_type in ORT_ONNX_DOMAIN_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type in ORT_ONNX_DOMAIN_OPS and node.domain in ("", "ai.onnx"):
+            node.domain = "com.microsoft"
+    if not any(o.domain == "com.microsoft" for o in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return copy
+
+
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
     """The ONNX checker on the graph structure (on a skeleton, so no copy of the weights), and a check
     that every initializer holds as many bytes as its shape needs (truncated weights)."""
     try:
-        onnx.checker.check_model(skeleton(model), full_check=False)
+        onnx.checker.check_model(checkable(skeleton(model)), full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
         raise ModelLoadError(

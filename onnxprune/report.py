@@ -24,6 +24,7 @@ def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict
             "params": group.params,
             "macs": group.macs,
             "frozen": group.frozen,
+            "unit": group.unit,
         }
         if plan and group.id in plan.group_notes:
             row["notes"] = plan.group_notes[group.id]
@@ -105,9 +106,10 @@ def inspect_table(analysis: Analysis, totals: dict) -> list[str]:
         consumers = ", ".join(row["consumers"][:3]) + (" ..." if len(row["consumers"]) > 3 else "")
         free = len(analysis.groups[row["id"]].free)
         frozen = f" | {row['frozen']}" if row["frozen"] else ""
+        unit = f"[units: {row['unit']}] " if row["unit"] != "channel" else ""
         lines.append(
             f"{row['id']:>5} {row['size']:>8} {free:>5} {row['params']:>10,} {row['macs']:>12,}  "
-            f"{producers} -> {consumers or '(none)'}{frozen}"
+            f"{unit}{producers} -> {consumers or '(none)'}{frozen}"
         )
     lines.append("")
     lines.append(

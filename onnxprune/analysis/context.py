@@ -61,6 +61,7 @@ class Propagation:
     rewrites: list[Rewrite] = field(default_factory=list)
     activations: dict[str, str] = field(default_factory=dict)
     count_sinks: set[tuple[int, int]] = field(default_factory=set)
+    units: dict[int, str] = field(default_factory=dict)  # atom -> the unit it is part of ("head of 8")
 
     # ---- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> np.ndarray | None:
@@ -70,13 +71,15 @@ class Propagation:
     def rank(self, name: str) -> int:
         rank = self.index.rank(name)
         if rank is None:
-            raise Unsupported(f"the rank of '{name}' is unknown (shape inference could not type it)")
+            tried = self.index.shape_sources.get(name, "shape inference could not type it")
+            raise Unsupported(f"the rank of '{name}' is unknown ({tried})")
         return rank
 
     def dim(self, name: str, axis: int) -> int:
         shape = self.index.shape(name)
         if shape is None or not isinstance(shape[axis], int):
-            raise Unsupported(f"dimension {axis} of '{name}' is not static")
+            source = self.index.shape_sources.get(name)
+            raise Unsupported(f"dimension {axis} of '{name}' is not static" + (f" ({source})" if source else ""))
         return shape[axis]
 
     def constant(self, name: str) -> np.ndarray | None:

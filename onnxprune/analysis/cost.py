@@ -39,6 +39,8 @@ def node_macs(index: GraphIndex, node) -> int:
         return rows * int(out[-1]) * int(k if isinstance(k, int) else 1)
     if node.op_type in ("LSTM", "GRU", "RNN"):
         return _recurrent_macs(index, node)
+    if node.op_type == "Attention" and node.domain == "com.microsoft":
+        return _fused_attention_macs(index, node, out)
     return 0
 
 
@@ -49,6 +51,17 @@ def _recurrent_macs(index: GraphIndex, node) -> int:
         return 0
     seq = _per_sample(x)[int(attributes(node).get("layout", 0))]
     return int(seq) * int(np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64))
+
+
+def _fused_attention_macs(index: GraphIndex, node, out) -> int:
+    """com.microsoft Attention on [B, S, C]: the packed projection (S C (q+k+v)) plus Q K^T and the
+    weighted sum of V (S S q + S S v), the same terms the decomposed form's MatMuls count."""
+    weight = index.shape(node.input[1])
+    if weight is None or len(out) != 3 or not all(isinstance(d, int) for d in weight):
+        return 0
+    sizes = attributes(node).get("qkv_hidden_sizes") or [weight[1] // 3] * 3
+    seq = int(out[1])
+    return seq * int(weight[0]) * int(weight[1]) + seq * seq * (int(sizes[0]) + int(sizes[2]))
 
 
 def model_macs(index: GraphIndex) -> int:

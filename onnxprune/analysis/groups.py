@@ -32,6 +32,7 @@ class Group:
     frozen: str | None
     params: int
     macs: int
+    unit: str = "channel"  # what one of `channels` is: "channel", or "head of 8" for attention heads
 
     @property
     def size(self) -> int:
@@ -120,6 +121,7 @@ def _relabeler(atom_channel: np.ndarray):
 
 def _groups(p: Propagation, atom_channel, num_channels, frozen, const_labels, macs, index):
     roles = p.producers
+    units = {int(atom_channel[atom]): name for atom, name in p.units.items()}
     uf = UnionFind()
     uf.make(len(roles))
     owner: dict[int, int] = {}
@@ -156,7 +158,8 @@ def _groups(p: Propagation, atom_channel, num_channels, frozen, const_labels, ma
         reason = _frozen_reason(channels, free, frozen)
         params = _group_params(channel_set, const_labels, index)
         group_macs = _group_macs(channel_set, producers, consumers, const_labels, macs, index)
-        result.append(Group(gid, tuple(channels), producers, consumers, free, reason, params, group_macs))
+        unit = next((units[c] for c in channels if c in units), "channel")
+        result.append(Group(gid, tuple(channels), producers, consumers, free, reason, params, group_macs, unit))
     return tuple(result), channel_group
 
 

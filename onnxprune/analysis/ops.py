@@ -7,7 +7,9 @@ always correct, a guess is not.
 
 from __future__ import annotations
 
+from . import ops_attention as attention
 from . import ops_axes as axes
+from . import ops_fused as fused
 from . import ops_layers as layers
 from . import ops_pointwise as pointwise
 from . import ops_recurrent as recurrent
@@ -64,7 +66,29 @@ RULES = {
     "LayerNormalization": axes.layer_norm,
     "GroupNormalization": axes.group_norm,
     "LpNormalization": axes.lp_norm,
+    "RMSNormalization": fused.simplified_norm,
+    "SimplifiedLayerNormalization": fused.simplified_norm,  # onnxruntime's contrib op, in the ONNX domain
 }
 
+#: onnxruntime's contrib ops (ops_fused.py, ops_attention.py), keyed by their domain
+CONTRIB_RULES = {
+    **{op: fused.bias_activation for op in "Gelu QuickGelu FastGelu BiasGelu BiasAdd".split()},
+    "FusedMatMul": fused.fused_matmul,
+    "SkipLayerNormalization": fused.skip_norm,
+    "SkipSimplifiedLayerNormalization": fused.skip_norm,
+    "SimplifiedLayerNormalization": fused.simplified_norm,
+    "Attention": attention.attention,
+    "MultiHeadAttention": attention.multi_head_attention,
+    "GroupQueryAttention": attention.group_query_attention,
+    "RotaryEmbedding": attention.rotary_embedding,
+}
+DOMAIN_RULES = {"": RULES, "ai.onnx": RULES, "com.microsoft": CONTRIB_RULES}
+
+
+def rule_for(node):
+    """The rule of `node` (by its domain and op_type), or None."""
+    return DOMAIN_RULES.get(node.domain, {}).get(node.op_type)
+
+
 #: ops that create channels even when no input is labeled
-PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", *recurrent.GATES})
+PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "FusedMatMul", *recurrent.GATES})

@@ -28,9 +28,18 @@ def join(p: Propagation, node, attrs, opset) -> None:
     frozen and the others stay free. A constant of full size on a labeled axis is sliced with it; a
     run-time tensor of full size on a labeled axis freezes those channels.
     """
-    inputs = [name for name in node.input if name]
+    joined = join_slots(p, node, range(len(node.input)))
+    if joined is not None:
+        p.set(node.output[0], joined)
+
+
+def join_slots(p: Propagation, node, slots) -> np.ndarray | None:
+    """The broadcasting join of `join` over the inputs at `slots` only; returns the joined labels (None
+    when none of them is labeled). Fused ops use it for their additive inputs (x + skip + bias)."""
+    slots = [s for s in slots if s < len(node.input) and node.input[s]]
+    inputs = [node.input[s] for s in slots]
     if not any(p.get(name) is not None for name in inputs):
-        return
+        return None
     rank = max(p.rank(name) for name in inputs)
     reason = f"{node.op_type} '{node.name}' joins channels with positions that cannot be removed"
     labeled = {name: with_rank(p.get(name), rank) for name in inputs if p.get(name) is not None}
@@ -44,10 +53,11 @@ def join(p: Propagation, node, attrs, opset) -> None:
         joined = ids if joined is None else p.unify(joined, ids, reason)
     if joined is None:
         raise Unsupported("every labeled input is broadcast over the channels of another")
-    for slot, name in enumerate(node.input):
-        if name and p.get(name) is None:
+    for slot in slots:
+        name = node.input[slot]
+        if p.get(name) is None:
             joined = _join_unlabeled(p, node, slot, name, joined, rank, reason)
-    p.set(node.output[0], joined)
+    return joined
 
 
 def _broadcast_over(p: Propagation, name: str, rank: int, varying: set[int]) -> bool:

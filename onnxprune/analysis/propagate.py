@@ -8,11 +8,9 @@ import onnx
 from ..graph import GraphIndex, attributes, opset_version
 from .context import Propagation
 from .labels import Unsupported
-from .ops import PRODUCERS, RULES
+from .ops import PRODUCERS, rule_for
 from .ops_reindex import freeze_count_reads
 from .rewrites import DimEntry
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def propagate(index: GraphIndex) -> Propagation:
@@ -22,7 +20,7 @@ def propagate(index: GraphIndex) -> Propagation:
     for node in index.nodes:
         if not _touches_channels(p, node):
             continue
-        rule = RULES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS and not _has_subgraph(node) else None
+        rule = rule_for(node) if not _has_subgraph(node) else None
         if rule is None:
             what = "has a subgraph" if _has_subgraph(node) else "has no rule"
             p.freeze_inputs(node, f"{node.op_type} '{node.name}' {what}")

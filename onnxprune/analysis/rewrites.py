@@ -80,3 +80,18 @@ class GatherInput(Rewrite):
     axis: int
     weight: str
     weight_axis: int
+
+
+@dataclass(frozen=True)
+class CountAttribute(Rewrite):
+    """Integer attribute `attribute` of `node` (entry `entry` of an ints attribute; -1: an int) becomes
+    the number of kept positions in [start, stop) along `axis` of `source` divided by `unit`. `source` is
+    a labeled tensor or a labeled constant (num_heads from a head-major hidden axis, qkv_hidden_sizes)."""
+
+    attribute: str
+    entry: int
+    source: str
+    axis: int
+    start: int
+    stop: int
+    unit: int

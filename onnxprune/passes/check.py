@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from ..errors import ModelLoadError
-from ..io import check_model, skeleton
+from ..io import check_model, checkable, skeleton
 from .base import Pass, PassError, PassResult
 
 #: below this size the checker runs on the model itself; above, on its skeleton (no copy of the weights)
@@ -20,7 +20,7 @@ def infer_and_check(model: onnx.ModelProto) -> PassResult:
     the checker's exception chained (the traceback is kept). `modified` says whether the re-inferred
     value_info differs from what the model held."""
     check_initializer_sizes(model)
-    subject = model if model.ByteSize() < FULL_CHECK_BYTES else skeleton(model)
+    subject = checkable(model if model.ByteSize() < FULL_CHECK_BYTES else skeleton(model))
     try:
         inferred = onnx.shape_inference.infer_shapes(subject, strict_mode=True, data_prop=True)
         onnx.checker.check_model(inferred, full_check=True)

@@ -12,7 +12,16 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis
-from ..analysis.rewrites import AttributeSize, ConvGroups, DimEntry, GatherIndices, GatherInput, SliceRange, SplitSizes
+from ..analysis.rewrites import (
+    AttributeSize,
+    ConvGroups,
+    CountAttribute,
+    DimEntry,
+    GatherIndices,
+    GatherInput,
+    SliceRange,
+    SplitSizes,
+)
 from ..graph import attributes, opset_version
 from ..io import RAW_DTYPES, make_tensor, tensor_array
 from ..plan import PruningPlan, check_plan
@@ -229,6 +238,24 @@ def _gather_input(editor: _Editor, record: GatherInput, sizes: _NewSizes, analys
     node.input[record.slot] = stem
 
 
+def _count_attribute(editor: _Editor, record: CountAttribute, sizes: _NewSizes, analysis) -> None:
+    if record.source in analysis.const_labels:
+        line = analysis.const_labels[record.source][record.axis]
+        kept = ~(sizes.removed[line] & (line >= 0))
+    else:
+        kept = sizes.kept(record.source, record.axis)
+    if kept is None:
+        return
+    value = int(kept[record.start : record.stop].sum()) // record.unit
+    node = editor.nodes[record.node]
+    if record.entry < 0:
+        _set_int_attribute(node, record.attribute, value)
+        return
+    values = list(attributes(node)[record.attribute])
+    values[record.entry] = value
+    _set_ints_attribute(node, record.attribute, values)
+
+
 def _drop_attribute(node, name: str) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
@@ -253,4 +280,5 @@ _REWRITERS = {
     ConvGroups: _conv_groups,
     AttributeSize: _attribute_size,
     GatherInput: _gather_input,
+    CountAttribute: _count_attribute,
 }
