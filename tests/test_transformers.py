@@ -95,3 +95,11 @@ def test_removing_heads_of_fused_attention_rewrites_num_heads():
     widths = sorted(tuple(t.dims) for t in new.graph.initializer if any(
         n.op_type == "Attention" and n.input[1] == t.name for n in new.graph.node))  # fmt: skip
     assert widths == [(32, 48), (32, 72)]
+
+
+def test_inspect_prints_head_units(capsys):
+    from onnxprune.cli import main
+
+    main(["inspect", str(DATA / "bert_fused.onnx")])
+    out = capsys.readouterr().out
+    assert out.count("[units: head of 8] Attention_") == 2
