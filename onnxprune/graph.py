@@ -7,6 +7,8 @@ code that changes a weight assigns a new array, never writes into one.
 
 from __future__ import annotations
 
+__all__ = ["GraphIndex", "attributes", "infer_shapes", "opset_version"]
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +16,9 @@ import onnx
 
 from .io import skeleton as io_skeleton
 from .io import tensor_array
+from .nodes import attributes, opset_version
 from .shape_recovery import recover_shapes
+from .shape_trace import resolve_reshape
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -65,8 +69,6 @@ class GraphIndex:
     def _refine_reshapes(self, rounds: int = 8) -> None:
         """ONNX leaves a Reshape's -1 unknown when the input has a symbolic batch (view(n, t, h, -1));
         fill such dims from the traced target and infer again, so the ops after it get static shapes."""
-        from .analysis.shape_eval import resolve_reshape  # reads this index; imported late (no cycle)
-
         symbols = {d.dim_param for i in self.model.graph.input for d in i.type.tensor_type.shape.dim}
         hints: dict[str, tuple] = {}
         for _ in range(rounds):
@@ -166,15 +168,3 @@ def _dim(dim) -> Dim:
     if dim.HasField("dim_param"):
         return dim.dim_param
     return None
-
-
-def attributes(node: onnx.NodeProto) -> dict:
-    """A node's attributes as plain Python values."""
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
-    for opset in model.opset_import:
-        if opset.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return int(opset.version)
-    return 1

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..shape_trace import FOLLOWED, Entry, trace_vector
 from .context import Propagation
 from .labels import Unsupported, along, compress, reshape_ids, varying_axes, with_rank
 from .rewrites import DimEntry, GatherIndices, SliceRange, SplitSizes
-from .shape_eval import FOLLOWED, Entry, trace_vector
 
 
 def _ints(p: Propagation, node, slot: int, attrs, attr: str, opset_input: int, opset: int):
@@ -377,7 +377,7 @@ _SHAPE_SINKS = {("Reshape", 1), ("Expand", 1), ("Resize", 3)}
 
 def shape(p: Propagation, node, attrs, opset) -> None:
     """Shape of a labeled tensor: allowed when every use of a labeled size either ignores it
-    (Gather of other axes) or flows through ops shape_eval can trace (FOLLOWED) into a shape input whose
+    (Gather of other axes) or flows through ops shape_trace can trace (FOLLOWED) into a shape input whose
     rule checks where each entry comes from (_check_entry: copied, or scaled exactly)."""
     ids = p.get(node.input[0])
     if ids is None:

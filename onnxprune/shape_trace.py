@@ -14,10 +14,14 @@ it reaches (Reshape, Expand, Resize) check each entry with these origins.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..graph import GraphIndex, attributes
+from .nodes import attributes
+
+if TYPE_CHECKING:
+    from .graph import GraphIndex
 
 
 @dataclass(frozen=True)
