@@ -336,16 +336,6 @@ def nonzero_params(
     return total
 
 
-def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
-    """Refuse to write over the input model; the parent folder must exist."""
-    src, dst = Path(input_path).resolve(), Path(output_path).resolve()
-    if src == dst or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
-        raise OutputPathError(f"{output_path}: output path equals the input model; choose another output file")
-    if not dst.parent.exists():
-        raise OutputPathError(f"{output_path}: folder {dst.parent} does not exist; create it first")
-    return dst
-
-
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, transaction: Transaction | None = None) -> int:
     """Write `model` atomically and return the bytes written (model plus external data).
 

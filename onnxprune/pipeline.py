@@ -26,7 +26,7 @@ from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
 from .methods.base import Method, MethodContext, PruneOptions
 from .methods.options import unused_options
-from .methods.registry import get_method, methods_taking
+from .methods.registry import METHODS, get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
 from .passes.unshare import UNSHARE_CONSTANTS
@@ -288,7 +288,15 @@ def _run_step(model, meth: Method, options: PruneOptions, stats: Statistics | No
 
 def _check_options(methods: list[Method], options: PruneOptions) -> None:
     """Every method option given must be one that a chosen method takes (a pipeline option given as a
-    method option is named as such); the values are checked when each method's settings are built."""
+    method option is named as such), and --ratio auto only goes to methods that choose their own
+    amount; the values are checked when each method's settings are built."""
+    fixed = [m.name for m in methods if not m.auto_ratio]
+    if options.ratio == "auto" and fixed:
+        choosers = ", ".join(m.name for m in METHODS.values() if m.auto_ratio)
+        raise OptionError(
+            f"--ratio auto: --method {fixed[0]} needs a number, the fraction to remove (e.g. 0.5); "
+            f"only {choosers} choose their own"
+        )
     for name in unused_options([m.options for m in methods], options.extra):
         chosen = ",".join(m.name for m in methods)
         flag = "--" + name.replace("_", "-")

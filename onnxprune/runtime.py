@@ -172,19 +172,3 @@ def fixed_batch(sess: ort.InferenceSession) -> int | None:
     """The batch size the session's inputs fix on their first axis, or None when it is free."""
     sizes = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
     return sizes.pop() if len(sizes) == 1 else None
-
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
-def ort_dtype(type_name: str):
-    return _ORT_TYPES.get(type_name, np.float32)

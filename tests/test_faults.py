@@ -10,17 +10,7 @@ from __future__ import annotations
 import pytest
 from faults_cases import MODELS, all_cases, run_case
 
-#: cases whose fix belongs to the method-option table (issue #10's refactor of methods/): an option
-#: given to a method that cannot use it. Strict: they fail the suite once they pass.
-NOT_YET = {"option: --ratio auto with magnitude": "option/method applicability lives in methods/ (issue #10)"}
-
-CASES = [
-    pytest.param(c, id=c.id, marks=pytest.mark.xfail(reason=NOT_YET[c.id], strict=True))
-    if c.id in NOT_YET
-    else pytest.param(c, id=c.id)
-    for c in all_cases()
-    if not c.process
-]
+CASES = [pytest.param(c, id=c.id) for c in all_cases() if not c.process]
 
 
 @pytest.mark.parametrize("case", CASES)

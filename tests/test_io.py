@@ -17,8 +17,8 @@ from graphs import signature, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxprune import PruneOptions, prune, runtime
-from onnxprune.errors import ModelLoadError, OutputPathError
-from onnxprune.io import check_output_path, count_params, load_model, make_tensor, save_model, source_bytes
+from onnxprune.errors import ModelLoadError
+from onnxprune.io import count_params, load_model, make_tensor, save_model, source_bytes
 from onnxprune.validate import random_feeds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,13 +178,6 @@ def test_graph_failing_the_checker(tmp_path):
     model = small_cnn()
     model.graph.node[0].input[0] = "undefined_tensor"
     assert "checker" in _refused(_save(model, tmp_path / "m.onnx"))
-
-
-def test_output_path_equal_to_input():
-    with pytest.raises(OutputPathError):
-        check_output_path(LENET, LENET)
-    with pytest.raises(OutputPathError):
-        check_output_path(LENET, LENET.parent / "." / LENET.name)
 
 
 def test_make_tensor_keeps_scalars_and_layout():

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphIndex
-from .labels import Unsupported, compress, with_rank
+from .labels import Unsupported, compress
 from .rewrites import Rewrite
 from .unionfind import UnionFind
 
@@ -59,7 +59,6 @@ class Propagation:
     producers: list[ProducerRole] = field(default_factory=list)
     consumers: list[ConsumerRole] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
-    activations: dict[str, str] = field(default_factory=dict)
     count_sinks: set[tuple[int, int]] = field(default_factory=set)
     units: dict[int, str] = field(default_factory=dict)  # atom -> the unit it is part of ("head of 8")
 
@@ -146,6 +145,3 @@ class Propagation:
 
     def add_consumer(self, role: ConsumerRole) -> None:
         self.consumers.append(role)
-
-    def to_rank(self, ids: np.ndarray, rank: int) -> np.ndarray:
-        return with_rank(ids, rank)

@@ -95,8 +95,3 @@ def _tail_start(shape, count: int) -> int | None:
         if product > count:
             break
     return None
-
-
-def broadcast_join_shape(arrays: list[np.ndarray]) -> tuple[int, ...]:
-    """Common shape of label arrays of equal rank (each axis: 1 or the varying size)."""
-    return np.broadcast_shapes(*(a.shape for a in arrays))

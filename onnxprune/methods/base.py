@@ -107,6 +107,7 @@ class Method:
     """A pruning method: `decide(ctx) -> PruningPlan`.
 
     `statistics`: the kinds of calibration statistics it reads (onnxprune.stats.KINDS; none: data-free);
+    `auto_ratio`: it accepts `--ratio auto` (chooses its own amount);
     `prepasses`: rewrites it needs first, by name in onnxprune.passes.PASSES (e.g. BatchNorm folding
     for merge); `options`: its option table, from which its settings are built.
     """
@@ -117,6 +118,7 @@ class Method:
     prepasses: tuple[str, ...] = ()
     description: str = ""
     options: tuple[MethodOption, ...] = ()
+    auto_ratio: bool = False
 
     @property
     def needs_data(self) -> bool:

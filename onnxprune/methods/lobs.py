@@ -17,8 +17,9 @@ weight q = (row r, input i) costs at best (Dong et al. 2017, eq. 6-7)
   Cholesky factor of H^-1 (cost R * inputs^2 instead of OBC's R * inputs^3); its curve for the
   allocations is sweeps at a grid of counts. `--lobs-mode auto` (default): exact while
   rows * inputs^3 <= OBC_BUDGET, sparsegpt above. `--pattern N:M`: N:M masks chosen in the sweep.
-- onnxprune.methods.lobs_guard: no layer loses its last `rows` weights unless asked
-  (`--allow-empty-layers`), and measured errors far above the predicted ones are reported.
+- onnxprune.methods.lobs_guard: under the global allocation (and --max-layer-error) no layer loses its
+  last `rows` weights unless asked (`--allow-empty-layers`); measured errors far above the predicted
+  ones are reported.
 
 The bias is a column of W~ (x~ = [x; 1]): it is compensated, never removed. Inputs that are always zero
 on the calibration data have their weights zeroed (H_ii = 1). Targets:
@@ -553,6 +554,7 @@ LOBS = Method(
     "lobs",
     _decide,
     statistics=("hessian", "outputs"),
+    auto_ratio=True,  # with --max-layer-error
     description="layer-wise OBS, unstructured: zeros with least-squares compensation (--ratio = weights removed)",
     options=OPTIONS,
 )

@@ -1,13 +1,15 @@
 """Guards of the lobs allocation: no layer is emptied unless asked, and predictions that the measurement
 contradicts are reported.
 
-- Floor: a layer of R rows and S weights keeps at least max(R, ceil(d * S)) weights, d =
-  `--min-layer-density` (default 0: the floor is then R, one weight per output on average). Its removal
-  trace is cut there, so no allocation (global, output, layer, --max-layer-error) can go below it.
-  `--allow-empty-layers` lifts the floor (min_density() returns None). Why: the global
-  allocation trusts each layer's *predicted* error; L-OBS's faithful prediction (no downdates) can be
-  orders of magnitude too low (a 512x214 classifier predicted 10.4, measured 875.5), and then a whole
-  layer goes for free and the model's output becomes a constant.
+- Floor: under the allocations steered by predicted errors (`--lobs-allocation global`, the default, and
+  `--max-layer-error`), a layer of R rows and S weights keeps at least R weights (one per output row on
+  average); with `--min-layer-density d`, under every allocation, at least max(R, ceil(d * S)). Its
+  removal trace is cut there, so the allocation cannot go below it. `--allow-empty-layers` lifts the
+  floor. `--lobs-allocation layer` (the user's own per-layer share, never all of a layer) and `output`
+  (spread by the *measured* output error) have no default floor. Why: the global allocation trusts
+  each layer's predicted error; L-OBS's faithful prediction (no downdates) can be orders of magnitude
+  too low (a 512x214 classifier predicted 10.4, measured 875.5), and then a whole layer goes for free
+  and the model's output becomes a constant.
 - Disagreement: a layer whose measured error (on the calibration inputs, undamped) exceeds RATIO times
   its predicted error while being at least FLOOR of its output energy is listed in the report
   (`error_disagreements`) and logged as a warning: the allocation was steered by a wrong number.
@@ -32,9 +34,10 @@ OPTIONS = (
     MethodOption(
         "--min-layer-density",
         "min_layer_density",
-        0.0,
-        "lobs: every layer keeps at least this share of its weights and at least one weight per output row on "
-        "average (0 = only the latter), whatever the allocation",
+        None,
+        "lobs: every layer keeps at least this share of its weights and one weight per output row on average, "
+        "whatever the allocation (default: only the latter, and only for the global allocation and "
+        "--max-layer-error)",
         float,
     ),
     MethodOption(
@@ -47,12 +50,16 @@ OPTIONS = (
 )
 
 
-def min_density(settings) -> float | None:
-    """The checked floor of lobs' typed `settings`; None when --allow-empty-layers lifts the floor."""
-    value = float(settings.min_layer_density)
-    if not 0.0 <= value <= 1.0:
+def min_density(settings, predicted: bool) -> float | None:
+    """The floor's density for removal_limit from lobs' typed `settings`: the checked
+    --min-layer-density, else 0 (R weights) when the allocation is `predicted` (global,
+    --max-layer-error); None (no floor) when there is none or --allow-empty-layers lifts it."""
+    value = settings.min_layer_density
+    if value is not None and not 0.0 <= float(value) <= 1.0:
         raise OptionError(f"--min-layer-density {value}: must be in [0, 1] (a share of each layer's weights)")
-    return None if settings.allow_empty_layers else value
+    if settings.allow_empty_layers or (value is None and not predicted):
+        return None
+    return 0.0 if value is None else float(value)
 
 
 def removal_limit(rows: int, size: int, density: float | None) -> int:

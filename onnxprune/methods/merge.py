@@ -362,6 +362,7 @@ MERGE = Method(
     "merge",
     _decide,
     prepasses=("fold",),
+    auto_ratio=True,
     description="data-free neuron merging: delete the most similar channel, add its outgoing weights to its twin",
     options=OPTIONS,
 )

@@ -168,10 +168,6 @@ def _scalar(index: GraphIndex, name: str) -> float | None:
     return float(value.reshape(-1)[0])
 
 
-def _is_channel_tensor(index: GraphIndex, name: str) -> bool:
-    return bool(name) and not index.is_constant(name)
-
-
 def _add_sub(index, node, starts):
     """Residual join (two channel tensors): linear. Constant: bias right after a producer, else a shift."""
     constants = [n for n in node.input if n and index.is_constant(n)]

@@ -80,10 +80,6 @@ class MergeProblem:
     def has_other(self) -> bool:
         return any(p.role == OTHER for p in self.pieces)
 
-    @property
-    def out_pieces(self) -> tuple[Piece, ...]:
-        return tuple(p for p in self.pieces if p.role == OUT)
-
 
 def group_pieces(index: GraphIndex, analysis: Analysis, group: Group) -> tuple[Piece, ...]:
     """Every (constant, axis) labeled with the group's channels, with its part."""

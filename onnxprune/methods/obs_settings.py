@@ -88,5 +88,5 @@ class Settings:
             batchnorm=typed.lobs_batchnorm if lobs else None,
             allocation_samples=(typed.allocation_samples or None) if lobs else None,
             pattern=pattern,
-            min_density=min_density(typed) if lobs else None,
+            min_density=min_density(typed, allocation == "global" or max_error is not None) if lobs else None,
         )
