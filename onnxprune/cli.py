@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from . import atomic, failure, io, preflight
+from .gate import Gate, GateError, alarms
 from .methods.base import PruneOptions
 from .methods.registry import METHODS, method_options
 from .pipeline import PipelineOptions, apply, inspect_model, prune
@@ -115,6 +116,19 @@ _INPUT_SHAPE = click.option(
     help="Write the plan (JSON, plus an .npz beside it for new weights) that `onnxprune apply` replays.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
+@click.option(
+    "--max-drop",
+    default=None,
+    type=float,
+    help="Quality gate: if accuracy on labeled validation data drops by more than this (0.01 = one point), "
+    "write nothing and exit 3.",
+)
+@click.option(
+    "--max-drift",
+    default=None,
+    type=float,
+    help="Quality gate: if any output's relative L2 distance to the original exceeds this, write nothing and exit 3.",
+)
 @_INPUT_SHAPE
 @_method_option_decorators
 def prune_command(
@@ -139,6 +153,8 @@ def prune_command(
     report_path,
     plan_path,
     quiet: bool,
+    max_drop: float | None,
+    max_drift: float | None,
     input_shape: tuple[str, ...],
     **extra,
 ) -> None:
@@ -146,6 +162,8 @@ def prune_command(
     target = preflight.check_prune(
         model, output, report_path, calib, validate_data, plan=plan_path, validate_samples=validate_samples
     )
+    gate = Gate(max_drop, max_drift)
+    gate.check_possible(not no_validate)
     given = click.get_current_context().get_parameter_source
     chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
     options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen)
@@ -161,6 +179,11 @@ def prune_command(
         input_shapes=preflight.parse_input_shapes(input_shape),
     )
     result = prune(model, method, options, calib, validate_data, pipeline)
+    missed = gate.failure(result.report)
+    if missed is not None:
+        raise GateError(missed)
+    for warning in alarms(result.report):
+        click.echo(f"onnxprune: warning: {warning}", err=True)
     with atomic.Transaction() as transaction:  # the model, the report and the plan appear together or not at all
         result.save(target, report_path, transaction)
         if plan_path is not None:

@@ -3,6 +3,7 @@
 | what was raised                                   | exit | stderr                                   |
 |---------------------------------------------------|------|------------------------------------------|
 | OptionError, click usage errors                   | 2    | one line: where: what; how to fix        |
+| GateError (--max-drop / --max-drift missed)       | 3    | one line: by how much; nothing written   |
 | other OnnxPruneError, OSError, onnxruntime errors | 1    | one line                                 |
 | Ctrl-C / SIGTERM / SIGHUP                         | 128+signal number | one line: nothing was written |
 | anything else (a bug)                             | 70   | "please report" and the full traceback   |
@@ -19,6 +20,7 @@ import click
 from . import runtime
 from .atomic import Interrupted
 from .errors import OnnxPruneError, OptionError
+from .gate import GATE_EXIT, GateError
 
 BUG_EXIT = 70  # EX_SOFTWARE
 REPORT_URL = "the onnxprune issue tracker"
@@ -52,6 +54,9 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, OptionError):
         _say(f"error: {exc}")
         return 2
+    if isinstance(exc, GateError):
+        _say(f"quality gate: {exc}; nothing written")
+        return GATE_EXIT
     if isinstance(exc, OnnxPruneError):
         _say(f"error: {exc}")
         return 1

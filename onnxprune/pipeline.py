@@ -331,9 +331,12 @@ def _validation_data(validation_data, calib: Dataset | None, model, pipeline: Pi
 
 
 def _validation_source(validation_data, calib: Dataset | None) -> str:
+    """Which data the validation figures come from, said plainly in the report and the summary."""
     if validation_data is not None:
-        return "given data"
-    return "calibration data" if calib is not None else "random inputs (seed 0)"
+        return "--validate-data"
+    if calib is not None:
+        return "calibration data, also used to prune: optimistic; give --validate-data"
+    return "random inputs (seed 0)"
 
 
 def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers) -> dict:

@@ -89,9 +89,10 @@ def summary_lines(report: dict) -> list[str]:
             text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "name")
             lines.append(f"output     {name}: {text}")
         if "accuracy_after" in validation:
+            source = report.get("validation_source", "validation data")
             lines.append(
                 f"accuracy   {validation['accuracy_before']:.4f} -> {validation['accuracy_after']:.4f}"
-                f" on {validation['samples']} labeled samples"
+                f" on {validation['samples']} labeled samples ({source})"
             )
     seconds = report.get("seconds", {})
     lines.append("seconds    " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
