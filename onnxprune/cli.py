@@ -68,7 +68,8 @@ _INPUT_SHAPE = click.option(
     "--method",
     default="magnitude",
     show_default=True,
-    help=f"One of {', '.join(sorted(METHODS))}; chain with commas (merge,obs).",
+    help=f"One of {', '.join(sorted(METHODS))}; chain with commas (merge,obs): each method analyzes what the "
+    "previous one left and applies --ratio to it, so merge,obs at 0.5 keeps about a quarter of each group.",
 )
 @click.option("--ratio", default="0.5", show_default=True, help="Fraction of each group's channels to remove, or auto.")
 @click.option("--round-to", default=1, show_default=True, type=int, help="Keep a multiple of N channels per group.")

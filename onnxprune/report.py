@@ -79,10 +79,13 @@ def summary_lines(report: dict) -> list[str]:
     nonzero = report.get("nonzero_params_after")
     if nonzero is not None and nonzero != report["params_after"]:
         lines.insert(2, f"nonzero    {pct(nonzero, report['params_before'])} parameters are not zero")
-    groups = report.get("groups", [])
-    pruned = sum(1 for g in groups if g["kept"] < g["size"])
-    frozen = sum(1 for g in groups if g["frozen"] and g["kept"] == g["size"])
-    lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen")
+    steps = report.get("steps") or [{"method": report["method"], "groups": report.get("groups", [])}]
+    for number, step in enumerate(steps, start=1):  # a chain analyzes the model again at every step
+        groups = step["groups"]
+        pruned = sum(1 for g in groups if g["kept"] < g["size"])
+        frozen = sum(1 for g in groups if g["frozen"] and g["kept"] == g["size"])
+        which = f" ({step['method']}, step {number})" if len(steps) > 1 else ""
+        lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen{which}")
     validation = report.get("validation")
     if validation:
         for name, metrics in validation["outputs"].items():

@@ -99,3 +99,14 @@ def test_merge_then_obs_removes_more_channels_and_each_step_is_reported():
     kept = [sum(g["kept"] for g in s["groups"] if not g["frozen"]) for s in steps]
     assert kept[1] < kept[0]
     assert result.report["validation"]["accuracy_after"] > 0.9
+
+
+def test_summary_counts_the_groups_of_each_step_of_a_chain():
+    from onnxprune.report import summary_lines
+
+    result = prune("models/lenet5.onnx", "merge,obs", PruneOptions(ratio=0.3), CALIB, calib_samples=32)
+    lines = [line for line in summary_lines(result.report) if line.startswith("groups")]
+    assert lines == [
+        "groups     5 total, 4 pruned, 1 frozen (merge, step 1)",
+        "groups     5 total, 4 pruned, 1 frozen (obs, step 2)",
+    ]
