@@ -183,12 +183,12 @@ def prune_command(
     missed = gate.failure(result.report)
     if missed is not None:
         raise GateError(missed)
-    for warning in alarms(result.report):
-        click.echo(f"onnxprune: warning: {warning}", err=True)
     with atomic.Transaction() as transaction:  # the model, the report and the plan appear together or not at all
         result.save(target, report_path, transaction)
         if plan_path is not None:
             result.plan_file.save(plan_path, transaction)
+    for warning in alarms(result.report):  # after the write: they belong to a run that succeeded
+        click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:
         click.echo("\n".join(summary_lines(result.report)))
         click.echo(f"wrote      {output}" + (f" and plan {plan_path}" if plan_path is not None else ""))

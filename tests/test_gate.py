@@ -54,3 +54,11 @@ def test_a_collapse_is_a_warning(tmp_path, capsys):
     assert code == 0 and out.exists() and "warning: accuracy collapsed" in err
     code, err, out = _prune(capsys, tmp_path, "--ratio", "0.25", "--validate-data", TEST)
     assert code == 0 and "warning" not in err
+
+
+def test_no_collapse_alarm_from_random_inputs_and_alarms_come_after_the_write(tmp_path, capsys):
+    code, err, out = _prune(capsys, tmp_path, "--ratio", "0.5")  # validated on random inputs: no top-1 to keep
+    assert code == 0 and out.exists() and "collapsed" not in err
+    folder = tmp_path / "missing"  # the write fails: one error line, no warning before it
+    code, _, err = invoke(capsys, "prune", LENET, "-o", folder / "out.onnx", "--ratio", "0.9", "--validate-data", TEST)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "error" in err
