@@ -120,3 +120,29 @@ def test_cli_refuses_an_option_of_another_method_and_passes_defaults_silently(tm
     assert code == 2 and "--sequential does not apply to --method magnitude" in err and not out.exists()
     code, _, err = invoke(capsys, "prune", "models/lenet5.onnx", "-o", out, "--method", "magnitude", "-q")
     assert code == 0 and out.exists()
+
+
+def test_iterations_never_reuse_statistics_of_an_earlier_step():
+    """The pipeline shrinks the model in place between iterations, so the same model object holds other
+    weights at every step: each iteration must measure again. Oracle: the same iterations run as
+    separate prunes, each on the model the previous one wrote."""
+    options = PruneOptions(extra={"alpha": 0.95})
+    together = prune("models/mlp.onnx", "relief", options, CALIB, calib_samples=100, iterations=4, run_validation=False)
+    model = load_model("models/mlp.onnx")
+    for _ in range(4):
+        model = prune(model, "relief", options, CALIB, calib_samples=100, run_validation=False).model
+    assert [t.name for t in together.model.graph.initializer] == [t.name for t in model.graph.initializer]
+    for mine, theirs in zip(together.model.graph.initializer, model.graph.initializer, strict=True):
+        assert mine.SerializeToString() == theirs.SerializeToString(), mine.name
+    assert len(together.report["statistics"]) == 2 * 4  # activity and ranges at every iteration
+
+
+def test_each_step_view_has_its_own_cache():
+    """A model object rewritten in place between steps must be measured again by the next step's view."""
+    model = load_model("models/lenet5.onnx")
+    stats = _stats(model)
+    layers = list(masking_layers(GraphIndex.build(model)).values())
+    stats.for_method("wanda", ("activity",)).activity(model, layers)
+    model.graph.initializer[0].CopyFrom(model.graph.initializer[0])  # the same object, as after a shrink
+    stats.for_method("wanda", ("activity",)).activity(model, layers)
+    assert len(stats.passes) == 2

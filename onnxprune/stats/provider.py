@@ -4,8 +4,9 @@ method asks, returns values keyed by layer, and keeps a record of every pass.
 A method declares the kinds it reads (Method.statistics: "hessian", "activity", "ranges", "outputs");
 the pipeline builds one Statistics per prune (the calibration data and how passes run) and hands each
 step a view limited to its method's kinds, so a method cannot read what it did not declare. Results
-of the small kinds (activity, ranges) are kept per request (kind, model, layers) while the same model
-object is asked about: the same request on the same model is answered without another pass. Hessians
+of the small kinds (activity, ranges) are kept per request (kind, model, layers) within one step: the
+same request on the same model object is answered without another pass. Not across steps: the
+pipeline rewrites the model in place between steps, so the same object then holds other weights. Hessians
 are not kept (they are large and a method frees each as it goes): every request is a pass. `passes`
 lists every onnxruntime pass made, for the report.
 """
@@ -51,10 +52,9 @@ class Pass:
 
 @dataclass
 class _Record:
-    """What a whole prune collected: the passes in order and the reusable results."""
+    """What a whole prune collected: the passes in order."""
 
     passes: list[Pass] = field(default_factory=list)
-    cache: OrderedDict = field(default_factory=OrderedDict)
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,16 @@ class Statistics:
     settings: CollectSettings
     kinds: frozenset[str] = frozenset(KINDS)
     record: _Record = field(default_factory=_Record, compare=False)
+    cache: OrderedDict = field(default_factory=OrderedDict, compare=False)
 
     def for_method(self, name: str, kinds: Sequence[str]) -> Statistics:
-        """The view a method gets: only the kinds it declared (sharing the record and the cache)."""
+        """The view one step's method gets: only the kinds it declared, the prune's record of passes,
+        and a cache of its own. Results are reused within a step only: between steps the pipeline
+        rewrites the model in place, so the same model object then holds other weights."""
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"method {name}: unknown statistics {unknown}; known: {', '.join(KINDS)}")
-        return replace(self, kinds=frozenset(kinds))
+        return replace(self, kinds=frozenset(kinds), cache=OrderedDict())
 
     @property
     def passes(self) -> list[Pass]:
@@ -103,12 +106,12 @@ class Statistics:
     ) -> dict[str, InputStats]:
         """Activity statistics of the inputs of `layers` (norms, means; relief numerators of each Conv
         computed with its weights as `relief_weights` holds them)."""
-        key = ("activity", tuple(layer.node for layer in layers), id(relief_weights))
+        key = ("activity", tuple(layer.node for layer in layers), id(relief_weights))  # the index: held below
 
         def run() -> dict[str, InputStats]:
             return layer_statistics(model, self.data, list(layers), self.settings, relief_weights)
 
-        return self._answer("activity", model, key, run, "activity", len(layers))
+        return self._answer("activity", (model, relief_weights), key, run, "activity", len(layers))
 
     def ranges(self, model: onnx.ModelProto, reads: Mapping[str, int | None]) -> dict[str, Range]:
         """Per-position minimum and maximum of each tensor of `reads` (name -> feature axis)."""
@@ -136,11 +139,12 @@ class Statistics:
                 "method developer: add it to Method.statistics"
             )
 
-    def _answer(self, kind: str, model: onnx.ModelProto, key: tuple, run, description: str, layers: int):
-        """The kept result of `key` on `model` (the entry holds the model, so its id in the key stays
-        its own), or a new pass."""
+    def _answer(self, kind: str, subject, key: tuple, run, description: str, layers: int):
+        """The kept result of `key` on `subject` (the model, or the model and the index whose weights
+        the result used: the entry holds them, so the ids in the key stay theirs), or a new pass."""
         self._allow(kind)
-        cache = self.record.cache
+        cache = self.cache
+        model = subject[0] if isinstance(subject, tuple) else subject
         full_key = (id(model), *key)
         if full_key in cache:
             cache.move_to_end(full_key)
@@ -148,7 +152,7 @@ class Statistics:
         start = time.perf_counter()
         result = run()
         self._log(kind, description, layers, start)
-        cache[full_key] = (model, result)
+        cache[full_key] = (subject, result)
         while len(cache) > CACHED:
             cache.popitem(last=False)
         return dict(result)
