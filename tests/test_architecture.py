@@ -66,24 +66,23 @@ def test_no_import_cycle():
             visit(module, [])
 
 
-def test_packages_import_downward_only():
+def _violations(wrong) -> list[str]:
+    """Every module-level import `module -> target` for which wrong(module, target) holds."""
     edges = _imports(_modules())
-    wrong = [
-        f"{module} imports {target}"
-        for module, targets in edges.items()
-        for target in targets
-        if _area(target) in FORBIDDEN.get(_area(module), set())
+    return [
+        f"{module} imports {target}" for module, targets in edges.items() for target in targets if wrong(module, target)
     ]
+
+
+def test_packages_import_downward_only():
+    wrong = _violations(lambda module, target: _area(target) in FORBIDDEN.get(_area(module), set()))
     assert not wrong, wrong
 
 
+def _is_method(module: str) -> bool:
+    return module.startswith("onnxprune.methods.") and module.rsplit(".", 1)[1] in METHODS
+
+
 def test_no_method_imports_another_method():
-    edges = _imports(_modules())
-    crossing = [
-        f"{module} imports {target}"
-        for module, targets in edges.items()
-        for target in targets
-        if module.startswith("onnxprune.methods.") and target.startswith("onnxprune.methods.")
-        and module.rsplit(".", 1)[1] in METHODS and target.rsplit(".", 1)[1] in METHODS
-    ]  # fmt: skip
+    crossing = _violations(lambda module, target: _is_method(module) and _is_method(target))
     assert not crossing, crossing
