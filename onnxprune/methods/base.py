@@ -57,9 +57,6 @@ class PruneOptions:
                 except re.error as exc:
                     raise OptionError(f"{flag} {pattern!r}: not a valid regular expression ({exc})") from None
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.extra.get(name, default)
-
     def as_dict(self) -> dict[str, Any]:
         """Every option by name (the method-specific ones flattened in), for the report."""
         common = {k: getattr(self, k) for k in ("ratio", "round_to", "min_keep", "include", "exclude", "seed")}

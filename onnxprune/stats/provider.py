@@ -24,10 +24,10 @@ import onnx
 
 from ..feeds import Dataset
 from ..graph import GraphIndex
-from ..layers import Layer, with_updates
+from ..layers import Layer
 from .activity import InputStats, Range, input_ranges, layer_statistics
 from .collect import CollectSettings
-from .hessian import LayerStats, collect_stats
+from .hessian import LayerStats, collect_on_updated
 from .probe import OutputProbe
 
 #: the kinds of statistics a method may declare
@@ -95,9 +95,8 @@ class Statistics:
         updates applied, paired with `model` itself, the target of --sequential), keyed by node."""
         self._allow("hessian")
         settings = replace(self.settings, max_positions=max_positions, seed=seed)
-        working = with_updates(model, dict(updates)) if updates else model
         start = time.perf_counter()
-        result = collect_stats(working, layers, self.data, model if updates else None, settings, description)
+        result = collect_on_updated(model, list(layers), self.data, dict(updates or {}), settings, description)
         self._log("hessian", description, len(layers), start)
         return result
 
