@@ -160,9 +160,7 @@ def prune_command(
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
-    target = preflight.check_prune(
-        model, output, report_path, calib, validate_data, plan=plan_path, validate_samples=validate_samples
-    )
+    target = preflight.check_prune(model, output, report_path, calib, validate_data, plan=plan_path)
     gate = Gate(max_drop, max_drift)
     gate.check_possible(not no_validate)
     given = click.get_current_context().get_parameter_source

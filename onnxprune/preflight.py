@@ -163,11 +163,10 @@ def check_prune(
     calib,
     validate_data,
     plan: Path | None = None,
-    **numbers,
 ) -> Path:
-    """Everything `onnxprune prune` can check before loading anything; returns the output's full path.
-    `plan` (--save-plan) is written with an .npz beside it: both are outputs."""
-    check_numbers(**numbers)
+    """The paths of `onnxprune prune`, checked before loading anything (its numbers are checked by
+    PipelineOptions); returns the output's full path. `plan` (--save-plan) is written with an .npz
+    beside it: both are outputs."""
     if not model.exists():
         raise ModelLoadError(f"{model}: no such file; check the path")
     inputs = {

@@ -37,8 +37,8 @@ CACHED = 4
 
 
 @dataclass(frozen=True)
-class Pass:
-    """One onnxruntime pass over the calibration data."""
+class Collection:
+    """One onnxruntime pass over the calibration data (not a graph rewrite: see onnxprune.passes)."""
 
     kind: str
     description: str
@@ -50,13 +50,6 @@ class Pass:
         return {k: getattr(self, k) for k in ("kind", "description", "layers", "samples", "seconds")}
 
 
-@dataclass
-class _Record:
-    """What a whole prune collected: the passes in order."""
-
-    passes: list[Pass] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class Statistics:
     """The statistics stage (see the module docstring): `data` through onnxruntime as `settings` say,
@@ -65,7 +58,7 @@ class Statistics:
     data: Dataset
     settings: CollectSettings
     kinds: frozenset[str] = frozenset(KINDS)
-    record: _Record = field(default_factory=_Record, compare=False)
+    log: list[Collection] = field(default_factory=list, compare=False)  # shared by every view of a prune
     cache: OrderedDict = field(default_factory=OrderedDict, compare=False)
 
     def for_method(self, name: str, kinds: Sequence[str]) -> Statistics:
@@ -78,8 +71,8 @@ class Statistics:
         return replace(self, kinds=frozenset(kinds), cache=OrderedDict())
 
     @property
-    def passes(self) -> list[Pass]:
-        return list(self.record.passes)
+    def passes(self) -> list[Collection]:
+        return list(self.log)
 
     # ---- the kinds -----------------------------------------------------------------------------
     def hessians(
@@ -158,4 +151,4 @@ class Statistics:
 
     def _log(self, kind: str, description: str, layers: int, start: float) -> None:
         seconds = round(time.perf_counter() - start, 4)
-        self.record.passes.append(Pass(kind, description, layers, len(self.data), seconds))
+        self.log.append(Collection(kind, description, layers, len(self.data), seconds))
