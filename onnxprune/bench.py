@@ -24,6 +24,16 @@ class Latency:
     samples_per_s: float
 
 
+def check_batch(model: onnx.ModelProto, batch: int, label: str, flag: str = "--batch-sizes") -> None:
+    """An OptionError when `model`'s inputs fix a batch size other than `batch`."""
+    fixed = fixed_batch(input_specs(model))
+    if fixed is not None and batch != fixed:
+        raise OptionError(
+            f"{flag} {batch}: {label} takes batches of exactly {fixed} (its inputs fix the first axis); "
+            f"time it with {flag} {fixed}"
+        )
+
+
 def measure(
     model: onnx.ModelProto | str,
     batch: int,
@@ -37,12 +47,7 @@ def measure(
     """Median and p90 latency of `model` at `batch`; `shapes` (--input-shape) sizes symbolic dims, its
     first axis replaced by `batch`."""
     proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
-    fixed = fixed_batch(input_specs(proto))
-    if fixed is not None and batch != fixed:
-        raise OptionError(
-            f"--batch-sizes {batch}: {label or 'the model'} takes batches of exactly {fixed} (its inputs fix the "
-            f"first axis); time it with --batch-sizes {fixed}"
-        )
+    check_batch(proto, batch, label or "the model")
     shapes = {name: (batch, *dims[1:]) for name, dims in (shapes or {}).items()}
     feeds = random_feeds(proto, batch=batch, seed=0, shapes=shapes, source=model)
     sess = runtime.session(model, providers, optimize=True, threads=threads)
