@@ -266,7 +266,7 @@ def test_measure_latency_ratio_of_a_model_against_itself():
     ratio, details = measure_latency_ratio(model, model, batch=2, repeats=5, warmup=1, clock=lambda: next(ticks))
     assert ratio == 1.0  # every run takes one tick of the fake clock
     assert details["original_ms"] == details["pruned_ms"] == 1000.0
-    assert details["batch"] == 2 and details["repeats"] == 5
+    assert details["batch"] == 2 and details["repeats"] == 5 and details["ratio_fastest"] == 1.0
     assert details["providers"] == ["CPUExecutionProvider"]
 
 
@@ -294,3 +294,21 @@ def test_check_latency_target(measured, predicted, ok, words):
 
 def test_grid_is_the_documented_one():
     assert GRID == (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_tables_are_monotone_in_the_widths():
+    """A narrow layer timed slower than a wider one (noise on a busy machine) is clipped to the wider
+    one's time: removing channels never predicts a slowdown."""
+    timer = fake_timer()
+
+    def slow_at_8(runs):
+        seconds = timer(runs)
+        return [10 * t if len(m.graph.node) == 1 and m.graph.initializer[0].dims[0] == 8 else t
+                for t, (m, _) in zip(seconds, runs, strict=True)]  # fmt: skip
+
+    model = cnn()
+    index = GraphIndex.build(model)
+    cost = LatencyCostModel(model, analyze(index), index, "cpu", timer=slow_at_8, calibrate=False)
+    table = next(t.table for t in cost.layers if t.table.layer.node == "c1")
+    assert table.seconds[0, 0] == table.seconds[0, 1]
+    assert np.all(np.diff(table.seconds, axis=1) >= 0)

@@ -14,7 +14,11 @@ Tables are cached per (layer shape incl. batch, timer) within the process.
 (n_g = the group's size; channels of groups not in `kept` and unlabeled positions keep 1). A
 tensor's kept fraction is the mean of f over its label positions (a Flatten's H*W positions per
 channel, a Concat's pieces from several groups: each position counts once). Layer l's input
-fraction is that of its activation input, its output fraction that of its output.
+fraction is that of its activation input, its output fraction that of its output. A table is made
+monotone before use: T(a, b) = min over a' >= a, b' >= b of the measured times (a narrower layer
+never needs more time than a wider one, which it could run padded; on a busy machine a small
+layer's timing can come out slower than a larger one's, and such noise would make removing channels
+look like a slowdown).
 
 **The whole model.** L(kept) = sum_l T_l(a_l, b_l). Timed alone, a layer carries the run's fixed
 overhead and its own layout conversions, and the whole model runs other ops (pooling, residual
@@ -24,9 +28,15 @@ as an affine function of L:
     cost(kept) = alpha + beta * L(kept)
 
 from the whole model timed at full width (W_1) and, with `calibrate=True`, at a uniform half
-(every prunable group keeps ceil(n_g / 2), rounded up to a multiple of 8 when n_g >= 32; W_half):
-beta = (W_1 - W_half) / (L(full) - L(half)), alpha = W_1 - beta L(full) (alpha may be negative: the
-single-node copies each carry a run's overhead the whole model pays once). Without that second point,
+(every prunable group keeps ceil(n_g / 2), rounded up to a multiple of 8 when n_g >= 32; W_half).
+The fit uses only ratios, each measured within one interleaved call, so that a machine whose load
+changes between the tables and the whole-model runs does not bend it: rho = W_half / W_1 and
+lambda = L(half) / L(full) give b' = (1 - rho) / (1 - lambda), and
+
+    cost(kept) = W_1 (1 - b' + b' L(kept) / L(full)),  i.e. beta = W_1 b' / L(full), alpha = W_1 (1 - b')
+
+(alpha may be negative: the single-node copies each carry a run's overhead the whole model pays
+once). Without that second point,
 or when the fit is not sound (beta <= 0, or a cost <= 0 with every group at one channel), beta = 1
 and alpha = W_1 - L(full) (the rest kept constant), or, if that is negative, alpha = 0 and
 beta = W_1 / L(full). In every case cost({}) = W_1: the measured time of the original model.
@@ -197,6 +207,7 @@ class LatencyCostModel:
             couts = (None,) if shape.depthwise else grid_widths(shape.cout) if vary_out else (shape.cout,)
             points = [(i, shape.cout if o is None else o) for i in cins for o in couts]
             seconds = np.array(self.timer([shape.model(*p) for p in points])).reshape(len(cins), len(couts))
+            seconds = np.minimum.accumulate(np.minimum.accumulate(seconds[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
             fout = (1.0,) if shape.depthwise else tuple(o / shape.cout for o in couts)
             _TABLES[key] = LayerTable(shape, tuple(i / shape.cin for i in cins), fout, seconds)
         return _TABLES[key]
@@ -212,14 +223,16 @@ class LatencyCostModel:
         if full <= 0:
             return whole, whole, 0.0
         if rest:
-            half = rest[0]
-            drop = full - self.layer_sum(half_kept)
-            beta = (whole - half) / drop if drop > 0 else 0.0
-            alpha = whole - beta * full
-            self.calibration = {"whole_s": whole, "half_s": half, "layers_full_s": full, "layers_half_s": full - drop}
-            if beta > 0 and alpha + beta * self.layer_sum({g: 1 for g in self._groups}) > 0:
-                return whole, alpha, beta
-            log.info("latency: calibration at half width not sound (beta %.3g, alpha %.3g)", beta, alpha)
+            measured = rest[0] / whole  # rho: both timed in the same interleaved call
+            tabled = self.layer_sum(half_kept) / full  # lambda: both from the tables
+            slope = (1 - measured) / (1 - tabled) if tabled < 1 else 0.0  # b'
+            lowest = self.layer_sum({g: 1 for g in self._groups}) / full
+            self.calibration = {"whole_s": whole, "half_s": rest[0], "layers_full_s": full}
+            self.calibration.update(half_ratio=measured, tables_half_ratio=tabled)
+            if slope > 0 and 1 - slope + slope * lowest > 0:
+                return whole, whole * (1 - slope), whole * slope / full
+            log.info("latency: calibration at half width not sound (slope %.3g: measured %.3f, tables %.3f)",
+                     slope, measured, tabled)  # fmt: skip
         if whole >= full:
             return whole, whole - full, 1.0
         return whole, 0.0, whole / full
