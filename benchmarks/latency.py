@@ -106,6 +106,15 @@ def run_pruned(model, ratio: float, round_to: int, args, shapes) -> tuple[float,
     return measured, macs, details
 
 
+def _print_curve(cost: LatencyCostModel, analysis, per_group: dict[int, int]) -> None:
+    """The probe curve of the group with most MACs: milliseconds per kept count (cached: no new timing)."""
+    group = max(analysis.prunable_groups(), key=lambda g: g.macs)
+    curve = cost.probe(group)
+    if curve:
+        points = " ".join(f"{k}:{1000 * t:.3f}" for k, t in curve.items())
+        print(f"probe of group {group.id} ({group.size} channels, round-to {per_group[group.id]}), k:ms: {points}\n")
+
+
 def search_ratio(cost: LatencyCostModel, analysis, target: float, round_to: int) -> float | None:
     for ratio in np.arange(0.0, 0.96, 0.01):
         if cost.ratio(kept_for(analysis, float(ratio), round_to)) <= target:
@@ -129,6 +138,7 @@ def bench_model(name: str, args, tmp: Path) -> None:
           f"original {1000 * cost.whole:.2f} ms (fastest of 15)")  # fmt: skip
     print(f"cost model built in {built:.0f} s (alpha {1000 * cost.alpha:.3f} ms, beta {cost.beta:.3f}); round-to "
           f"probes {probed:.0f} s: per group {dict(sorted(counts.items()))} -> R = {round_to}\n")  # fmt: skip
+    _print_curve(cost, analysis, per_group)
     print("| --ratio | --round-to | MACs kept | predicted latency | measured (median) | measured (fastest) |")
     print("|---|---|---|---|---|---|")
     for ratio in args.ratios:

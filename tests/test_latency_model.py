@@ -312,3 +312,18 @@ def test_tables_are_monotone_in_the_widths():
     table = next(t.table for t in cost.layers if t.table.layer.node == "c1")
     assert table.seconds[0, 0] == table.seconds[0, 1]
     assert np.all(np.diff(table.seconds, axis=1) >= 0)
+
+
+def test_report_names_the_fit_and_the_probed_round_to():
+    model = cost_model(cnn(), step=8)
+    group = model.analysis.prunable_groups()[0]
+    model.preferred_widths(group)
+    report = model.as_report()
+    assert report["round_to"] == {str(group.id): 8}
+    assert report["original_ms"] == pytest.approx(1000 * model.whole)
+    assert report["timed_layers"] == 4 and report["calibration"]["half_ratio"] < 1
+
+
+def test_check_latency_target_refuses_a_target_outside_0_1():
+    with pytest.raises(ValueError, match="must be a fraction"):
+        check_latency_target(1.5, 0.5)

@@ -173,6 +173,19 @@ class LatencyCostModel:
         ids = self.analysis.tensor_labels.get(tensor)
         return 1.0 if ids is None else float(np.mean(keep[ids]))
 
+    def as_report(self) -> dict:
+        """What the report says about the cost model: the measured original, the fit, the round-to of
+        every group probed so far."""
+        return {
+            "providers": list(self.providers),
+            "batch": self.batch,
+            "original_ms": 1000 * self.whole,
+            "timed_layers": len(self.layers),
+            "fit": {"alpha_ms": 1000 * self.alpha, "beta": self.beta},
+            "calibration": self.calibration,
+            "round_to": {str(g): m for g, m in sorted(self._round_to.items())},
+        }
+
     # ---- tables -------------------------------------------------------------------------------
     def _changeable_channels(self) -> np.ndarray:
         mask = np.zeros(self.analysis.num_channels + 1, dtype=bool)
