@@ -42,6 +42,12 @@ and alpha = W_1 - L(full) (the rest kept constant), or, if that is negative, alp
 beta = W_1 / L(full). In every case cost({}) = W_1: the measured time of the original model.
 Timings are the fastest of interleaved repeats (budget/timing.py says why).
 
+**What it does not see.** Only the four weight ops are timed; recurrent layers (LSTM/GRU/RNN), fused
+attention and MatMuls between two activations are part of alpha + the fit, so pruning them predicts
+no speed-up. The tables are timed at fast widths (multiples of 8 on wide axes), so a choice of counts
+off the preferred widths is predicted optimistically (benchmarks/RESULTS_latency.md measures by how
+much): the allocator restricts each group to preferred_widths for that reason.
+
 **Preferred widths.** For each group, its most expensive timed layer (at full width) is timed at
 every kept count k of a window below 3/4 of the group's size (the axis the group labels changed,
 the other one full): t(k). For a round-to m (1, 2, 4, 8, 16, 32, at most half the group), rounding
@@ -116,7 +122,9 @@ class Timed:
 class LatencyCostModel:
     """kind "latency": seconds of one run of the model at `batch`, for a choice of kept channels.
 
-    `providers`: names (["CPUExecutionProvider"]) or a choice ("cpu", "auto", "cuda"); `timer`
+    `index` is the analysis's index: used as is when its input shapes are those at `batch`, else
+    shapes are inferred again at `batch`. `providers`: names (["CPUExecutionProvider"]) or a choice
+    ("cpu", "auto", "cuda"); `timer`
     replaces the onnxruntime timer (tests pass a fake one); `shapes` sizes symbolic input dims like
     --input-shape. Building it times every layer table and the whole model (seconds to minutes);
     preferred widths are measured on first request per group.
@@ -140,7 +148,7 @@ class LatencyCostModel:
             self.timer = OrtTimer(self.providers, threads=self.threads)
         shapes = input_shapes(self.model, self.batch, self.shapes, source=self.model)
         self._feeds = random_feeds(self.model, self.batch, shapes=shapes, source=self.model)
-        self._concrete = GraphIndex.build(_with_input_shapes(self.model, shapes))
+        self._concrete = self.index if _static_at(self.index, shapes) else _concrete_index(self.model, shapes)
         self.calibration: dict | None = None
         self._groups = {g.id: g for g in self.analysis.prunable_groups()}
         self._changeable = self._changeable_channels()
@@ -364,9 +372,14 @@ def _shrunk(model: onnx.ModelProto, analysis: Analysis, kept: Mapping[int, int])
     return PassManager([shrink_pass(analysis, plan), CLEANUP]).run(copy.deepcopy(model))
 
 
-def _with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> onnx.ModelProto:
-    """A copy of `model` whose inputs have the concrete `shapes` (batch included), so that shape
-    inference gives every tensor concrete dims."""
+def _static_at(index: GraphIndex, shapes: Mapping[str, tuple]) -> bool:
+    """Whether `index`'s model already has exactly these input shapes (nothing to infer again)."""
+    return all(index.shape(name) == tuple(dims) for name, dims in shapes.items())
+
+
+def _concrete_index(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> GraphIndex:
+    """The index of a copy of `model` whose inputs have the concrete `shapes` (batch included), so
+    that shape inference gives every tensor concrete dims."""
     concrete = copy.deepcopy(model)
     for info in concrete.graph.input:
         if info.name in shapes:
@@ -375,4 +388,4 @@ def _with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> o
                 dim.Clear()
                 dim.dim_value = int(size)
     del concrete.graph.value_info[:]
-    return concrete
+    return GraphIndex.build(concrete)
