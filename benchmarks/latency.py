@@ -136,8 +136,11 @@ def bench_model(name: str, args, tmp: Path) -> None:
     counts = Counter(per_group.values())
     print(f"\n## {name}: {len(analysis.prunable_groups())} prunable groups, {len(cost.layers)} timed layers, "
           f"original {1000 * cost.whole:.2f} ms (fastest of 15)")  # fmt: skip
-    print(f"cost model built in {built:.0f} s (alpha {1000 * cost.alpha:.3f} ms, beta {cost.beta:.3f}); round-to "
-          f"probes {probed:.0f} s: per group {dict(sorted(counts.items()))} -> R = {round_to}\n")  # fmt: skip
+    calib = cost.calibration or {}
+    rho, lam = calib.get("half_ratio", float("nan")), calib.get("tables_half_ratio", float("nan"))
+    print(f"cost model built in {built:.0f} s: half-width model measured {rho:.3f}, tables {lam:.3f} -> alpha "
+          f"{1000 * cost.alpha:.3f} ms, beta {cost.beta:.3f}; round-to probes {probed:.0f} s: per group "
+          f"{dict(sorted(counts.items()))} -> R = {round_to}\n")  # fmt: skip
     _print_curve(cost, analysis, per_group)
     print("| --ratio | --round-to | MACs kept | predicted latency | measured (median) | measured (fastest) |")
     print("|---|---|---|---|---|---|")

@@ -36,10 +36,9 @@ lambda = L(half) / L(full) give b' = (1 - rho) / (1 - lambda), and
     cost(kept) = W_1 (1 - b' + b' L(kept) / L(full)),  i.e. beta = W_1 b' / L(full), alpha = W_1 (1 - b')
 
 (alpha may be negative: the single-node copies each carry a run's overhead the whole model pays
-once). Without that second point,
-or when the fit is not sound (beta <= 0, or a cost <= 0 with every group at one channel), beta = 1
-and alpha = W_1 - L(full) (the rest kept constant), or, if that is negative, alpha = 0 and
-beta = W_1 / L(full). In every case cost({}) = W_1: the measured time of the original model.
+once; no cost goes below FLOOR W_1). Without that second point, or when it shows no speed-up
+(b' <= 0), beta = 1 and alpha = W_1 - L(full) (the rest kept constant), or, if that is negative,
+alpha = 0 and beta = W_1 / L(full). In every case cost({}) = W_1: the measured time of the original model.
 Timings are the fastest of interleaved repeats (budget/timing.py says why).
 
 **What it does not see.** Only the four weight ops are timed; recurrent layers (LSTM/GRU/RNN), fused
@@ -85,6 +84,9 @@ GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 ROUND_TO = (1, 2, 4, 8, 16, 32)
 #: a coarser round-to is chosen when its mean time is within this share of the best one
 TOLERANCE = 0.02
+#: no prediction goes below this share of the original's time (a fit with alpha < 0 would, for a
+#: choice that removes nearly everything)
+FLOOR = 0.01
 #: a probe timing this many times the median of its neighbours is timed again
 SPIKE = 1.25
 #: axes at least this wide whose width is a multiple of 8 are timed at multiples of 8
@@ -158,8 +160,9 @@ class LatencyCostModel:
 
     # ---- the cost -----------------------------------------------------------------------------
     def cost(self, kept: Mapping[int, int]) -> float:
-        """alpha + beta * sum over timed layers of T_l(input fraction, output fraction)."""
-        return self.alpha + self.beta * self.layer_sum(kept)
+        """alpha + beta * sum over timed layers of T_l(input fraction, output fraction), at least
+        FLOOR * the original's time."""
+        return max(self.alpha + self.beta * self.layer_sum(kept), FLOOR * self.whole)
 
     def ratio(self, kept: Mapping[int, int]) -> float:
         """cost(kept) / cost({}): the predicted latency ratio against the original."""
@@ -247,12 +250,11 @@ class LatencyCostModel:
             measured = rest[0] / whole  # rho: both timed in the same interleaved call
             tabled = self.layer_sum(half_kept) / full  # lambda: both from the tables
             slope = (1 - measured) / (1 - tabled) if tabled < 1 else 0.0  # b'
-            lowest = self.layer_sum({g: 1 for g in self._groups}) / full
             self.calibration = {"whole_s": whole, "half_s": rest[0], "layers_full_s": full}
             self.calibration.update(half_ratio=measured, tables_half_ratio=tabled)
-            if slope > 0 and 1 - slope + slope * lowest > 0:
+            if slope > 0:
                 return whole, whole * (1 - slope), whole * slope / full
-            log.info("latency: calibration at half width not sound (slope %.3g: measured %.3f, tables %.3f)",
+            log.info("latency: the half-width model ran no faster (slope %.3g: measured %.3f, tables %.3f)",
                      slope, measured, tabled)  # fmt: skip
         if whole >= full:
             return whole, whole - full, 1.0
