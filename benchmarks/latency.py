@@ -26,6 +26,7 @@ into a temporary folder, timed at [1, 3, 640, 640]).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -134,8 +135,10 @@ def bench_model(name: str, args, tmp: Path) -> None:
     round_to, per_group = common_round_to(cost, analysis)
     probed = time.perf_counter() - start
     counts = Counter(per_group.values())
-    print(f"\n## {name}: {len(analysis.prunable_groups())} prunable groups, {len(cost.layers)} timed layers, "
-          f"original {1000 * cost.whole:.2f} ms (fastest of 15)")  # fmt: skip
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    groups = len(analysis.prunable_groups())
+    print(f"\n## {name} (load average {load} on {os.cpu_count()} cores): {groups} prunable groups, "
+          f"{len(cost.layers)} timed layers, original {1000 * cost.whole:.2f} ms (fastest of 15)")  # fmt: skip
     calib = cost.calibration or {}
     rho, lam = calib.get("half_ratio", float("nan")), calib.get("tables_half_ratio", float("nan"))
     print(f"cost model built in {built:.0f} s: half-width model measured {rho:.3f}, tables {lam:.3f} -> alpha "
