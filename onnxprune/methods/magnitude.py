@@ -11,6 +11,7 @@ import numpy as np
 
 from ..plan import PruningPlan
 from .base import Method, MethodContext
+from .damage import GroupCurve, removable, saliency_curve
 from .options import MethodOption
 from .select import lowest, repair_empty
 
@@ -56,9 +57,27 @@ def _decide_random(ctx: MethodContext) -> PruningPlan:
     return PruningPlan(frozenset(removed), {}, "random", {})
 
 
+def _damage_magnitude(ctx: MethodContext) -> dict[int, GroupCurve]:
+    """Normalized global saliency of the channel norms (methods.damage)."""
+    order, least = ctx.settings.norm, ctx.options.min_keep
+    return {g.id: saliency_curve(channel_norms(ctx, g, order), removable(g, least)) for g in ctx.eligible_groups()}
+
+
+def _damage_random(ctx: MethodContext) -> dict[int, GroupCurve]:
+    """The random scores decide() draws (same seed, same order), as a normalized saliency: the allocation
+    then follows the costs alone."""
+    rng = np.random.default_rng(ctx.options.seed)
+    least = ctx.options.min_keep
+    return {g.id: saliency_curve(rng.random(len(g.free)), removable(g, least)) for g in ctx.eligible_groups()}
+
+
 OPTIONS = (MethodOption("--norm", "norm", 2, "magnitude: 1 for the L1 norm, 2 for the L2 norm", int, choices=(1, 2)),)
 MAGNITUDE = Method(
-    "magnitude", _decide_magnitude, description="L1/L2 norm of each channel's producer weights", options=OPTIONS
+    "magnitude",
+    _decide_magnitude,
+    description="L1/L2 norm of each channel's producer weights",
+    options=OPTIONS,
+    damage=_damage_magnitude,
 )
-RANDOM = Method("random", _decide_random, description="uniformly random channels (seeded)")
+RANDOM = Method("random", _decide_random, description="uniformly random channels (seeded)", damage=_damage_random)
 EXPORTED = (MAGNITUDE, RANDOM)
