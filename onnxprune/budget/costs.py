@@ -24,7 +24,7 @@ its full size (none of the rules produces one on a weight or a layer's output).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -41,10 +41,12 @@ from .cost_model import CostModel
 
 @dataclass(frozen=True)
 class AxisCut:
-    """Axis `axis` of a tensor loses rates[g] positions per removed free channel of group g."""
+    """Axis `axis` of a tensor, whose positions hold the channels `line` (-1: none), loses rates[g]
+    positions per removed free channel of group g (on average over g's free channels)."""
 
     axis: int
     rates: tuple[tuple[int, float], ...]
+    line: np.ndarray
 
 
 class ReducedShapes:
@@ -71,10 +73,11 @@ class ReducedShapes:
                 if held.size:
                     groups, counts = np.unique(owner[held], return_counts=True)
                     rates = tuple((int(g), c / free_of[int(g)]) for g, c in zip(groups, counts, strict=True))
-                    cuts.append(AxisCut(axis, rates))
+                    cuts.append(AxisCut(axis, rates, line))
             if cuts:
                 self.cuts[name] = tuple(cuts)
         self.removed: Mapping[int, int] = {}
+        self.mask: np.ndarray | None = None  # removed channels, for exact counts (see CountedCost.of_removed)
 
     def groups_of(self, name: str) -> set[int]:
         return {g for cut in self.cuts.get(name, ()) for g, _ in cut.rates}
@@ -82,13 +85,17 @@ class ReducedShapes:
     def shape(self, name: str):
         shape = self.index.shape(name)
         cuts = self.cuts.get(name)
-        if shape is None or not cuts or not self.removed:
+        if shape is None or not cuts or not (self.removed or self.mask is not None):
             return shape
         dims = list(shape)
         for cut in cuts:
-            if isinstance(dims[cut.axis], int):
+            if not isinstance(dims[cut.axis], int):
+                continue
+            if self.mask is not None:
+                gone = int(self.mask[cut.line].sum())
+            else:
                 gone = sum(rate * self.removed.get(g, 0) for g, rate in cut.rates)
-                dims[cut.axis] = int(round(dims[cut.axis] - gone))
+            dims[cut.axis] = int(round(dims[cut.axis] - gone))
         return tuple(dims)
 
 
@@ -116,11 +123,22 @@ class CountedCost:
         finally:
             self.shapes.removed = {}
 
+    def of_removed(self, removed: set[int] | frozenset[int], num_channels: int) -> float:
+        """The exact count when the channels `removed` go (a count per group is exact only where every
+        free channel of a group holds as many positions of each axis: not so after a Split, say)."""
+        mask = np.zeros(num_channels + 1, dtype=bool)
+        mask[list(removed)] = True
+        self.shapes.mask = mask
+        try:
+            return float(self.base - sum(full - count(self.shapes) for full, count, _ in self.items.values()))
+        finally:
+            self.shapes.mask = None
+
     def preferred_widths(self, group: Group) -> tuple[int, ...] | None:
         return None
 
 
-def params_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis) -> CountedCost:
+def params_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=()) -> CountedCost:
     """Float initializer entries (io.count_params) for kept counts per group."""
     shapes = ReducedShapes(index, analysis)
     items = {}
@@ -134,7 +152,7 @@ def _size(name: str, shapes: ReducedShapes) -> int:
     return int(np.prod(shapes.shape(name), dtype=np.int64))
 
 
-def macs_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis) -> CountedCost:
+def macs_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=()) -> CountedCost:
     """Multiply-accumulates of one sample (analysis.cost.model_macs) for kept counts per group."""
     shapes = ReducedShapes(index, analysis)
     items = {}
@@ -150,20 +168,21 @@ def _macs(node, shapes: ReducedShapes) -> int:
     return node_macs(shapes, node)
 
 
-#: kind -> builder(model, index, analysis) of its CostModel; "latency" is measured (budget/latency.py)
-COUNTED = {"params": params_cost, "macs": macs_cost}
+#: kind -> builder(model, index, analysis, providers) of its CostModel. "latency" is measured with
+#: onnxruntime by budget/latency.py (LatencyCostModel) when this build has it; a test may register a fake.
+COST_MODELS: dict[str, Callable[..., CostModel]] = {"params": params_cost, "macs": macs_cost}
 
 
 def latency_available() -> bool:
-    """Whether this build has the measured latency cost model (onnxprune/budget/latency.py)."""
-    return importlib.util.find_spec(f"{__package__}.latency") is not None
+    """Whether this build can measure latency costs (onnxprune/budget/latency.py, or a registered model)."""
+    return "latency" in COST_MODELS or importlib.util.find_spec(f"{__package__}.latency") is not None
 
 
 def build_cost_model(kind: str, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers) -> CostModel:
     """The CostModel of `kind` for the model behind `index`: counted (params, MACs) or measured (latency,
     with onnxruntime on `providers`)."""
-    if kind in COUNTED:
-        return COUNTED[kind](model, index, analysis)
+    if kind in COST_MODELS:
+        return COST_MODELS[kind](model, index, analysis, providers)
     from .latency import LatencyCostModel  # noqa: PLC0415 (optional: present when the latency model is built)
 
     return LatencyCostModel(model, index, analysis, providers)

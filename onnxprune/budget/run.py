@@ -32,6 +32,8 @@ from .allocate import Allocation, allocate
 from .costs import build_cost_model, latency_available
 from .curves import OUTPUT_ERROR, calibrate, choices
 
+#: allocations tried again with a tightened budget when the plan's exact count overshoots
+RETRIES = 2
 #: points of each group's curve kept in the report (plus the chosen and the probed ones)
 REPORT_POINTS = 48
 
@@ -94,8 +96,7 @@ def decide_to_target(
     groups = {g.id: g for g in analysis.groups}
     options_of = choices(curves, groups, options, costs)
     sizes = {g: groups[g].size for g in options_of}
-    allocation = allocate(options_of, sizes, costs, budget)
-    plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
+    allocation, plan, planned = _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget)
     notes = dict(plan.notes)
     units = {c.unit for c in curves.values()}
     unit = units.pop() if len(units) == 1 else "mixed"
@@ -113,13 +114,29 @@ def decide_to_target(
         "step_fraction": step.fraction,
         "cost_before": before,
         "budget": budget,
-        "planned_cost": allocation.cost,
+        "planned_cost": planned,
         "reachable": allocation.reachable,
         "damage": allocation.damage,
         "damage_unit": unit,
         "groups": rows,
     }
     return PruningPlan(plan.removed, plan.updates, plan.method, notes)
+
+
+def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
+    """The allocation within `budget` and the method's plan for it. A counted cost is checked on the
+    channels the plan removes (exact even where a group's channels hold unequal shares of an axis, after
+    a Split); an overshoot tightens the budget by as much and allocates again (at most RETRIES times)."""
+    goal = budget
+    for attempt in range(RETRIES + 1):
+        allocation = allocate(options_of, sizes, costs, goal)
+        plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
+        exact = getattr(costs, "of_removed", None)
+        planned = exact(plan.removed, ctx.analysis.num_channels) if exact else allocation.cost
+        if planned <= budget or attempt == RETRIES:
+            return allocation, plan, planned
+        goal -= planned - budget
+    raise AssertionError("unreachable")
 
 
 def _why(removed: int, size: int, damage: float, marginal: float | None, unit: str, kind: str) -> str:
