@@ -108,20 +108,29 @@ class CountedCost:
         self.kind, self.shapes, self.base, self.items = kind, shapes, base, items
         self.sizes = {g.id: g.size for g in analysis.groups}
         self.touching: dict[int, list[str]] = {}
+        self.reads: dict[str, tuple[int, ...]] = {}  # item -> the groups whose counts its count depends on
         for name, (_, _, tensors) in items.items():
-            for gid in set().union(*(shapes.groups_of(t) for t in tensors)):
+            self.reads[name] = tuple(sorted(set().union(*(shapes.groups_of(t) for t in tensors))))
+            for gid in self.reads[name]:
                 self.touching.setdefault(gid, []).append(name)
+        self.known: dict[tuple, int] = {}  # (item, its groups' removal counts) -> its count: the allocator asks often
 
     def cost(self, kept: Mapping[int, int]) -> float:
         removed = {g: self.sizes[g] - int(k) for g, k in kept.items() if int(k) < self.sizes[g]}
         if not removed:
             return float(self.base)
         touched = dict.fromkeys(name for g in removed for name in self.touching.get(g, ()))
-        self.shapes.removed = removed
-        try:
-            return float(self.base - sum(self.items[n][0] - self.items[n][1](self.shapes) for n in touched))
-        finally:
-            self.shapes.removed = {}
+        return float(self.base - sum(self.items[n][0] - self._count(n, removed) for n in touched))
+
+    def _count(self, name: str, removed: Mapping[int, int]) -> int:
+        key = (name, *(removed.get(g, 0) for g in self.reads[name]))
+        if key not in self.known:
+            self.shapes.removed = removed
+            try:
+                self.known[key] = self.items[name][1](self.shapes)
+            finally:
+                self.shapes.removed = {}
+        return self.known[key]
 
     def of_removed(self, removed: set[int] | frozenset[int], num_channels: int) -> float:
         """The exact count when the channels `removed` go (a count per group is exact only where every
