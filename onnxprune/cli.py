@@ -14,8 +14,9 @@ import click
 from click.core import ParameterSource
 
 from . import atomic, failure, io, preflight
+from .budget.plot import plot_allocation
 from .gate import Gate, GateError, alarms
-from .methods.base import PruneOptions
+from .methods.base import PruneOptions, Target
 from .methods.registry import METHODS, method_options
 from .pipeline import PipelineOptions, apply, inspect_model, prune
 from .report import inspect_table, summary_lines
@@ -72,6 +73,28 @@ _INPUT_SHAPE = click.option(
     "previous one left and applies --ratio to it, so merge,obs at 0.5 keeps about a quarter of each group.",
 )
 @click.option("--ratio", default="0.5", show_default=True, help="Fraction of each group's channels to remove, or auto.")
+@click.option(
+    "--target",
+    default=None,
+    help="KIND=FRACTION, KIND params, macs or latency: keep at most FRACTION of the original's cost, the removals "
+    "spread over the groups by damage (obs: measured output error; data-free methods: normalized saliency). "
+    "Exclusive with --ratio. In a chain (merge,obs) every method that takes it removes an equal geometric share and "
+    "the last meets FRACTION of the original. --plot PATH.png draws the allocation.",
+)
+@click.option(
+    "--target-probes",
+    default=3,
+    show_default=True,
+    type=int,
+    help="--target: counts per group at which the model's output error is measured to calibrate obs curves (0: none).",
+)
+@click.option(
+    "--target-samples",
+    default=32,
+    show_default=True,
+    type=int,
+    help="--target: calibration samples of each output-error measurement.",
+)
 @click.option("--round-to", default=1, show_default=True, type=int, help="Keep a multiple of N channels per group.")
 @click.option("--min-keep", default=1, show_default=True, type=int, help="Keep at least N channels per group.")
 @click.option("--include", default=None, help="Only prune groups with a producer node name matching this regex.")
@@ -137,6 +160,9 @@ def prune_command(
     output: Path,
     method: str,
     ratio: str,
+    target: str | None,
+    target_probes: int,
+    target_samples: int,
     round_to: int,
     min_keep: int,
     include,
@@ -160,12 +186,15 @@ def prune_command(
     **extra,
 ) -> None:
     """Prune MODEL and write the smaller model to OUTPUT (never over MODEL, never half-written)."""
-    target = preflight.check_prune(model, output, report_path, calib, validate_data, plan=plan_path)
-    gate = Gate(max_drop, max_drift)
-    gate.check_possible(not no_validate)
     given = click.get_current_context().get_parameter_source
     chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
-    options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen)
+    plot = chosen.pop("plot", None) if target is not None else None  # --plot: the allocation's figure
+    goal = Target.parse(target, target_probes, target_samples) if target is not None else None
+    ratio = ratio if goal is None or given("ratio") is not ParameterSource.DEFAULT else None
+    options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen, goal)
+    written = preflight.check_prune(model, output, report_path, calib, validate_data, plan=plan_path, plot=plot)
+    gate = Gate(max_drop, max_drift)
+    gate.check_possible(not no_validate)
     pipeline = PipelineOptions(
         calib_samples=calib_samples,
         validate_samples=validate_samples,
@@ -182,14 +211,17 @@ def prune_command(
     if missed is not None:
         raise GateError(missed)
     with atomic.Transaction() as transaction:  # the model, the report and the plan appear together or not at all
-        result.save(target, report_path, transaction)
+        result.save(written, report_path, transaction)
         if plan_path is not None:
             result.plan_file.save(plan_path, transaction)
+        if plot is not None:
+            plot_allocation(result.report, transaction.path(plot))
     for warning in alarms(result.report):  # after the write: they belong to a run that succeeded
         click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:
         click.echo("\n".join(summary_lines(result.report)))
-        click.echo(f"wrote      {output}" + (f" and plan {plan_path}" if plan_path is not None else ""))
+        extras = [f"plan {plan_path}"] * (plan_path is not None) + [f"plot {plot}"] * (plot is not None)
+        click.echo(f"wrote      {output}" + "".join(f" and {e}" for e in extras))
 
 
 @cli.command(name="apply")

@@ -21,10 +21,11 @@ from . import io, preflight, runtime
 from .analysis import Analysis, analyze
 from .analysis.cost import model_macs
 from .atomic import Transaction
+from .budget.run import StepTarget, check_target, decide_to_target, step_fractions, target_summary
 from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
-from .methods.base import Method, MethodContext, PruneOptions
+from .methods.base import Method, MethodContext, PruneOptions, Target
 from .methods.options import unused_options
 from .methods.registry import METHODS, get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
@@ -155,6 +156,8 @@ def prune(
         current = _prologue(source.model)
     methods = _methods(method)
     _check_options(methods, options)
+    if options.target is not None:
+        check_target(options.target, methods)
     providers = _providers(methods, pipeline)
     calib = _calibration(calibration, source.signature, pipeline.calib_samples, methods)
     collect = CollectSettings(pipeline.batch_size, providers, pipeline.progress)
@@ -162,13 +165,16 @@ def prune(
     checks = _validation_data(validation_data, calib, current, pipeline) if pipeline.run_validation else None
     steps: list[Step] = []
     plan_steps: list[PlanStep] = []
-    for meth in methods:
-        for iteration in range(pipeline.iterations if meth.needs_data else 1):
-            current, step, plan_step = _run_step(current, meth, options, stats, timer)
-            if pipeline.iterations > 1 and meth.needs_data and checks is not None:
-                step = replace(step, validation=_validate(source, current, checks, providers))
-            steps.append(replace(step, iteration=iteration + 1))
-            plan_steps.append(plan_step)
+    runs = [(m, i) for m in methods for i in range(pipeline.iterations if m.needs_data else 1)]
+    goals = _goals(options.target, [m for m, _ in runs], source.summary)
+    for (meth, iteration), goal in zip(runs, goals, strict=True):
+        if goal is not None and goal.origin is None and steps and options.target.kind == "latency":
+            goal = replace(goal, origin=_latency_origin(steps))
+        current, step, plan_step = _run_step(current, meth, options, stats, timer, goal, providers)
+        if pipeline.iterations > 1 and meth.needs_data and checks is not None:
+            step = replace(step, validation=_validate(source, current, checks, providers))
+        steps.append(replace(step, iteration=iteration + 1))
+        plan_steps.append(plan_step)
     macs_after = model_macs(GraphIndex.build(current))  # before sparse storage hides the weights' shapes
     if pipeline.sparse_storage:
         with timer("sparse"):
@@ -191,6 +197,8 @@ def prune(
         seconds=timer.seconds,
     )
     report["model"] = source.name
+    if options.target is not None:
+        report["target"] = target_summary(options.target, report, [s.plan for s in steps])
     plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
     return PruneResult(current, report, [s.plan for s in steps], plan_file)
 
@@ -265,7 +273,27 @@ def _run_prepasses(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.Model
     return PassManager([PASSES[name] for name in names]).run(model) if names else model
 
 
-def _run_step(model, meth: Method, options: PruneOptions, stats: Statistics | None, timer):
+def _goals(target: Target | None, runs: list[Method], before: dict) -> list[StepTarget | None]:
+    """Per run of a method: what it must meet under `target` (budget.run: equal geometric shares; the
+    origin is the input model's count, or for latency the first target step's own measurement)."""
+    if target is None:
+        return [None] * len(runs)
+    taking = [m for m in runs if m.damage is not None]
+    fractions = iter(step_fractions(target, len(taking)))
+    origin = before.get(target.kind)
+    return [StepTarget(target, next(fractions), origin) if m.damage is not None else None for m in runs]
+
+
+def _latency_origin(steps: list[Step]) -> float | None:
+    """The first target step's measured latency before it pruned: the origin of the later ones."""
+    for step in steps:
+        record = step.plan.notes.get("target")
+        if record:
+            return float(record["cost_before"])
+    return None
+
+
+def _run_step(model, meth, options, stats, timer, goal: StepTarget | None = None, providers=("CPUExecutionProvider",)):
     with timer("analyze"):
         model = _run_prepasses(model, meth.prepasses)
         index = GraphIndex.build(model)
@@ -273,9 +301,10 @@ def _run_step(model, meth: Method, options: PruneOptions, stats: Statistics | No
         producers = [p.node for g in analysis.groups for p in g.producers]
         preflight.check_selection(producers, options.include, options.exclude)
     with timer("decide"):
-        ctx = MethodContext.build(meth, model, index, analysis, options, stats)
-        plan = meth.decide(ctx)
-        del ctx
+        if options.target is not None:
+            plan = decide_to_target(meth, model, index, analysis, options, stats, goal, providers)
+        else:
+            plan = meth.decide(MethodContext.build(meth, model, index, analysis, options, stats))
         index.release()
     _check_finite(plan)
     with timer("shrink"):

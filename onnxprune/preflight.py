@@ -36,6 +36,8 @@ RANGES: dict[str, tuple[int, str]] = {
     "--warmup": (0, "untimed runs before timing"),
     "--threads": (0, "onnxruntime intra-op threads (0: its choice)"),
     "--batch-sizes": (1, "batch sizes to time"),
+    "--target-probes": (0, "counts per group at which --target measures the output error (0: none)"),
+    "--target-samples": (1, "calibration samples of those measurements"),
 }
 SEED_LIMIT = 2**32  # numpy's legacy seeding and onnxruntime take 32-bit seeds
 
@@ -163,10 +165,13 @@ def check_prune(
     calib,
     validate_data,
     plan: Path | None = None,
+    plot: str | Path | None = None,
 ) -> Path:
     """The paths of `onnxprune prune`, checked before loading anything (its numbers are checked by
     PipelineOptions); returns the output's full path. `plan` (--save-plan) is written with an .npz
-    beside it: both are outputs."""
+    beside it: both are outputs; so is `plot` (--plot with --target: a .png, drawn with matplotlib)."""
+    if plot is not None:
+        check_plot(Path(plot))
     if not model.exists():
         raise ModelLoadError(f"{model}: no such file; check the path")
     inputs = {
@@ -175,8 +180,19 @@ def check_prune(
         "validation data (--validate-data)": data_files(validate_data),
     }
     plans = {"--save-plan": plan, "--save-plan (its .npz)": None if plan is None else Path(plan).with_suffix(".npz")}
-    check_outputs(inputs, {"-o": output, "--report": report, **plans})
+    figure = {"--plot": None if plot is None else Path(plot)}
+    check_outputs(inputs, {"-o": output, "--report": report, **plans, **figure})
     return output.resolve()
+
+
+def check_plot(path: Path) -> None:
+    """--plot with --target: a PNG file, and matplotlib to draw it."""
+    if path.suffix.lower() != ".png":
+        raise OptionError(f"--plot {path}: with --target, give a .png file for the allocation figure")
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        raise OptionError("--plot: matplotlib is not installed; pip install 'onnxprune[plot]' or drop --plot") from None
 
 
 def check_apply(model: Path, plan: Path, output: Path) -> Path:

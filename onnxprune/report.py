@@ -86,6 +86,7 @@ def summary_lines(report: dict) -> list[str]:
         frozen = sum(1 for g in groups if g["frozen"] and g["kept"] == g["size"])
         which = f" ({step['method']}, step {number})" if len(steps) > 1 else ""
         lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen{which}")
+    lines.extend(target_lines(report))
     validation = report.get("validation")
     if validation:
         for name, metrics in validation["outputs"].items():
@@ -99,6 +100,34 @@ def summary_lines(report: dict) -> list[str]:
             )
     seconds = report.get("seconds", {})
     lines.append("seconds    " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return lines
+
+
+#: groups named in the summary's allocation lines (all of them are in the report)
+SUMMARY_GROUPS = 6
+
+
+def target_lines(report: dict) -> list[str]:
+    """--target: what was asked, what the written model reached, and the groups that gave most."""
+    target = report.get("target")
+    if not target:
+        return []
+    kind = target["kind"]
+    if "reached" in target:
+        state = "met" if target["met"] else "NOT met: the allowed removals cannot reach it"
+        lines = [
+            f"target     {target['target']}: at most {target['budget']:,.0f} {kind}; reached {target['reached']:,} "
+            f"({100 * target['reached_fraction']:.1f}% of {target['before']:,}), counted on the written model: {state}"
+        ]
+    else:
+        lines = [f"target     {target['target']}: planned {100 * target.get('planned_fraction', 1.0):.1f}% of {kind}"]
+    records = [s["target"] for s in report.get("steps", []) if s.get("target")]
+    if records:
+        rows = sorted(records[-1]["groups"].items(), key=lambda item: -item[1]["removed"] / item[1]["size"])
+        shown = [f"{r['name']} {r['removed']}/{r['size']}" for _, r in rows[:SUMMARY_GROUPS] if r["removed"]]
+        more = f", ... ({len(rows) - SUMMARY_GROUPS} more groups)" if len(rows) > SUMMARY_GROUPS else ""
+        lines.append(f"allocation by {records[-1]['damage_unit']}: removed {', '.join(shown) or 'nothing'}{more}")
+        lines.append("           per group, how many went and why: the report's groups[].notes.why")
     return lines
 
 

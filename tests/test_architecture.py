@@ -14,7 +14,8 @@ FORBIDDEN = {
     "layers": {"analysis", "stats", "methods", "passes", "pipeline", "plan"},
     "stats": {"methods", "passes", "pipeline", "plan", "analysis"},
     "analysis": {"layers", "stats", "methods", "passes", "pipeline"},
-    "methods": {"pipeline", "passes", "cli"},
+    "methods": {"pipeline", "passes", "cli", "budget"},
+    "budget": {"pipeline", "passes", "cli"},
     "passes": {"methods", "pipeline", "stats", "cli"},
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -22,22 +22,87 @@ from ..graph import GraphIndex
 from ..plan import PruningPlan
 from ..preflight import check_numbers
 from ..stats import Statistics
+from .damage import GroupCurve
 from .options import MethodOption, build_settings
+
+#: what `--target KIND=FRACTION` can count
+TARGET_KINDS = ("params", "macs", "latency")
+#: the ratio when neither --ratio nor --target is given
+DEFAULT_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Target:
+    """`--target KIND=FRACTION`: keep at most FRACTION of the original model's KIND (params, MACs, or
+    measured latency), the removals spread over the groups by damage (onnxprune.budget). `probes`: counts
+    per group at which the model's output error is measured to calibrate a method's layer-level curves;
+    `samples`: calibration samples of those measurements."""
+
+    kind: str
+    fraction: float
+    probes: int = 3
+    samples: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise OptionError(
+                f"--target {self.kind}={self.fraction}: unknown kind; use one of {', '.join(TARGET_KINDS)}"
+            )
+        if not 0.0 < self.fraction <= 1.0:
+            raise OptionError(
+                f"--target {self.kind}={self.fraction}: the fraction to keep must be in (0, 1]; macs=0.5 keeps half"
+            )
+        check_numbers(target_probes=self.probes, target_samples=self.samples)
+
+    @classmethod
+    def parse(cls, text: str | Target, probes: int = 3, samples: int = 32) -> Target:
+        """`KIND=FRACTION` (e.g. "macs=0.5"), one clear error otherwise."""
+        if isinstance(text, Target):
+            return text
+        kind, sep, value = str(text).partition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = None
+        if not sep or fraction is None:
+            raise OptionError(
+                f"--target {text}: write KIND=FRACTION with KIND one of {', '.join(TARGET_KINDS)}, e.g. macs=0.5"
+            )
+        return cls(kind.strip().lower(), fraction, probes, samples)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """Options shared by the methods; method-specific ones live in `extra` (name -> value)."""
+    """Options shared by the methods; method-specific ones live in `extra` (name -> value).
 
-    ratio: float | str = 0.5
+    `ratio` and `target` exclude each other (neither given: ratio 0.5). `keep` is not a user option: the
+    budget allocation (onnxprune.budget) sets it, per group id of the analysis a step runs on, to the
+    number of channels that group keeps; methods read it through methods.select.keep_count."""
+
+    ratio: float | str | None = None
     round_to: int = 1
     min_keep: int = 1
     include: str | None = None
     exclude: str | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    target: Target | str | None = None
+    keep: Mapping[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.target is not None:
+            if self.ratio is not None:
+                raise OptionError(
+                    f"--ratio {self.ratio} with --target {self.target}: give one; --ratio removes the same share of "
+                    "every group, --target spreads the removals to meet a budget"
+                )
+            object.__setattr__(self, "target", Target.parse(self.target))
+            return self._check_common()
+        if self.ratio is None:
+            object.__setattr__(self, "ratio", DEFAULT_RATIO)
         if isinstance(self.ratio, str) and self.ratio != "auto":
             try:
                 object.__setattr__(self, "ratio", float(self.ratio))
@@ -45,6 +110,9 @@ class PruneOptions:
                 raise OptionError(f"--ratio {self.ratio}: not a number; give a fraction in [0, 1) or 'auto'") from None
         if not isinstance(self.ratio, str) and not 0.0 <= float(self.ratio) < 1.0:
             raise OptionError(f"--ratio {self.ratio}: must be in [0, 1); 0.5 removes half of each group's channels")
+        self._check_common()
+
+    def _check_common(self) -> None:
         if self.round_to < 1:
             raise OptionError(f"--round-to {self.round_to}: must be a positive integer")
         check_numbers(seed=self.seed)
@@ -60,7 +128,14 @@ class PruneOptions:
     def as_dict(self) -> dict[str, Any]:
         """Every option by name (the method-specific ones flattened in), for the report."""
         common = {k: getattr(self, k) for k in ("ratio", "round_to", "min_keep", "include", "exclude", "seed")}
+        if self.target is not None:
+            common["target"] = str(self.target)
         return {**common, **self.extra}
+
+    def for_methods(self, keep: Mapping[int, int] | None = None) -> PruneOptions:
+        """The options a method reads under a target: no ratio of its own (0: groups outside `keep` stay
+        whole), and `keep` the allocation's kept count per group id."""
+        return replace(self, ratio=0.0, target=None, keep=None if keep is None else dict(keep))
 
 
 @dataclass(frozen=True)
@@ -106,7 +181,10 @@ class Method:
     `statistics`: the kinds of calibration statistics it reads (onnxprune.stats.KINDS; none: data-free);
     `auto_ratio`: it accepts `--ratio auto` (chooses its own amount);
     `prepasses`: rewrites it needs first, by name in onnxprune.passes.PASSES (e.g. BatchNorm folding
-    for merge); `options`: its option table, from which its settings are built.
+    for merge); `options`: its option table, from which its settings are built; `damage`: per eligible
+    group the damage curve of its removals (methods.damage.GroupCurve), which lets `--target` spread the
+    removals (None: the method cannot prune to a target); `own_amount`: its amount comes from its own
+    options (relief's --alpha), never from --ratio, so it runs unchanged in a chain with a target.
     """
 
     name: str
@@ -116,6 +194,8 @@ class Method:
     description: str = ""
     options: tuple[MethodOption, ...] = ()
     auto_ratio: bool = False
+    damage: Callable[[MethodContext], dict[int, GroupCurve]] | None = None
+    own_amount: bool = False
 
     @property
     def needs_data(self) -> bool:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from ..analysis.ops_recurrent import is_recurrent
 from ..errors import OptionError
 from ..plan import PruningPlan
 from .base import Method, MethodContext
+from .damage import GroupCurve, removable, saliency_curve
 from .merge_activation import NOT_GUARANTEED, UNKNOWN, group_activation
 from .merge_greedy import greedy, knee, squared_distances, subsample, undo
 from .merge_sets import MergeProblem, build_problem, write_outgoing
@@ -115,6 +116,22 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     updates = dict(current)
     removed = frozenset(np.flatnonzero(removed_mask[:-1]).tolist())
     return PruningPlan(removed, updates, "merge", notes)
+
+
+def _damage(ctx: MethodContext) -> dict[int, GroupCurve]:
+    """Each group's greedy run alone on the unchanged model as far as it may go; its step saliencies as
+    a normalized saliency curve in the greedy's order (methods.damage)."""
+    settings = MergeSettings.from_context(ctx)
+    curves = {}
+    for group in ctx.eligible_groups():
+        limit = removable(group, ctx.options.min_keep)
+        if not limit or _skip_reason(group):
+            continue
+        alone = replace(ctx, options=replace(ctx.options, keep={group.id: group.size - limit}))
+        result = merge_group(alone, group, {}, np.zeros(ctx.analysis.num_channels + 1, dtype=bool), settings)
+        if result.curve:
+            curves[group.id] = saliency_curve(np.asarray(result.curve), limit, greedy_order=True)
+    return curves
 
 
 def _first_node(ctx: MethodContext, group) -> int:
@@ -356,7 +373,14 @@ OPTIONS = (
     MethodOption(
         "--max-ratio", "max_ratio", 0.9, "merge --ratio auto: remove at most this fraction per group", type=float
     ),
-    MethodOption("--plot", "plot", None, "merge: write each group's saliency curve as PNG into this folder", type=str),
+    MethodOption(
+        "--plot",
+        "plot",
+        None,
+        "merge (with --ratio): write each group's saliency curve as PNG into this folder; with --target (any "
+        "method): the PNG file of the allocation (each group's damage curve and chosen point, cost shares)",
+        type=str,
+    ),
 )
 MERGE = Method(
     "merge",
@@ -365,5 +389,6 @@ MERGE = Method(
     auto_ratio=True,
     description="data-free neuron merging: delete the most similar channel, add its outgoing weights to its twin",
     options=OPTIONS,
+    damage=_damage,
 )
 EXPORTED = (MERGE,)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from ..plan import PruningPlan
 from ..stats import LayerStats, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
+from .damage import LAYER_ERROR, GroupCurve, removable
 from .obs_settings import SHARED_OPTIONS, Settings
 from .options import MethodOption
 from .select import keep_count, repair_empty
@@ -221,8 +223,11 @@ def _step_size(task: GroupTask, consumers: dict[str, Consumer], forced: int) -> 
     return max(1, math.ceil(task.remove / steps))
 
 
-def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> tuple[list[int], float]:
-    """Greedy structured OBS on one group; returns the removed channels and the summed cost."""
+def prune_group(
+    task: GroupTask, consumers: dict[str, Consumer], step: int, trace: list | None = None
+) -> tuple[list[int], float]:
+    """Greedy structured OBS on one group; returns the removed channels and the summed cost (and appends
+    (removed so far, cost so far) to `trace` after every step)."""
     candidates = list(task.group.free)
     removed: list[int] = []
     total = 0.0
@@ -240,6 +245,8 @@ def prune_group(task: GroupTask, consumers: dict[str, Consumer], step: int) -> t
             block = np.concatenate([task.blocks[name][c] for c in chosen])
             total += consumer.remove(block, final=last and consumer.pending == 1)
         removed.extend(chosen)
+        if trace is not None:
+            trace.append((len(removed), total))
         gone = set(picked.tolist())
         candidates = [c for i, c in enumerate(candidates) if i not in gone]
     for name in task.consumers:
@@ -300,6 +307,51 @@ def _group_waves(ctx: MethodContext, tasks: list[GroupTask], layers: dict[str, L
     return [waves[k] for k in sorted(waves)]
 
 
+def _damage(ctx: MethodContext) -> dict[int, GroupCurve]:
+    """Each group alone, from the original weights (one statistics pass for every consumer): the greedy's
+    predicted consumer error after each step, as far as the group may go (methods.damage, "layer
+    error"); `overrides(r)` replays the same greedy's first r removals and writes the compensated consumers."""
+    settings = Settings.build(ctx.options, ctx.settings, "obs")
+    layers, _ = obs_layers(ctx.index)
+    tasks = []
+    for group in ctx.eligible_groups():
+        alone = replace(ctx.options, keep={group.id: group.size - removable(group, ctx.options.min_keep)})
+        task = _task(replace(ctx, options=alone), group, layers, 0.0)
+        tasks += [] if isinstance(task, str) else [task]
+    needed = [layers[n] for n in dict.fromkeys(n for t in tasks for n in t.consumers)]
+    stats = ctx.stats.hessians(ctx.model, needed, {}, settings.max_positions, settings.seed, "obs damage curves")
+    start = {
+        layer.node: Consumer.start(layer, layer_weights(ctx.index, layer), stats.pop(layer.node), settings.damping)
+        for layer in needed
+    }
+    curves = {}
+    for task in tasks:
+        step, trace = _step_size(task, start, ctx.settings.obs_step_size), [(0, 0.0)]
+        prune_group(task, _forks(start, task), step, trace)
+        counts, errors = (np.array(column) for column in zip(*trace, strict=True))
+        names = tuple(n for c in task.consumers for n in (layers[c].weight, layers[c].obs_bias) if n)
+        curves[task.group.id] = GroupCurve(
+            counts, errors, LAYER_ERROR, partial(_realize, ctx, task, start, step), names
+        )
+    return curves
+
+
+def _forks(start: dict[str, Consumer], task: GroupTask) -> dict[str, Consumer]:
+    """Copies of the task's consumers in their start state (H_0^-1 shared: nothing writes into it)."""
+    copies = ("weights", "factors", "removed", "diagonal")
+    return {n: replace(start[n], pending=2, **{k: getattr(start[n], k).copy() for k in copies}) for n in task.consumers}
+
+
+def _realize(ctx: MethodContext, task: GroupTask, start: dict[str, Consumer], step: int, count: int) -> dict:
+    """The consumers' compensated initializers after the first `count` removals of `task`'s greedy."""
+    consumers = _forks(start, task)
+    prune_group(replace(task, remove=count), consumers, step)
+    updates: dict[str, np.ndarray] = {}
+    for name in task.consumers:
+        write_layer(ctx.index, consumers[name].layer, consumers[name].matrix, updates)
+    return updates
+
+
 OPTIONS = (
     *SHARED_OPTIONS,
     MethodOption(
@@ -319,5 +371,6 @@ OBS = Method(
     statistics=("hessian",),
     description="structured OBS: remove channels where the consumers' compensated error is least",
     options=OPTIONS,
+    damage=_damage,
 )
 EXPORTED = (OBS,)

@@ -162,5 +162,6 @@ RELIEF = Method(
     statistics=("activity", "ranges"),
     description="NNrelief: keep each neuron's connections carrying alpha of its input activity, remove idle neurons",
     options=OPTIONS,
+    own_amount=True,  # --alpha, not --ratio: in a chain with --target it runs as it is
 )
 EXPORTED = (RELIEF,)

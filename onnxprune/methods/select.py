@@ -2,7 +2,8 @@
 
 For a group of n channels and ratio r: keep k = max(min_keep, n - floor(r n)) channels, rounded up to
 a multiple of round_to (at most n); remove the n - k free channels of lowest score. Frozen channels
-are always kept and count towards k.
+are always kept and count towards k. Under `--target` the budget allocation chooses k per group
+(PruneOptions.keep) and the ratio is not used.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from .base import PruneOptions
 
 
 def keep_count(group: Group, ratio: float, options: PruneOptions) -> int:
+    """Channels `group` keeps: the budget allocation's count where it chose one (options.keep), else
+    as the module docstring says."""
+    if options.keep is not None and group.id in options.keep:
+        return int(options.keep[group.id])
     size = group.size
     keep = max(options.min_keep, size - math.floor(ratio * size + 1e-9))
     keep = min(size, math.ceil(keep / options.round_to) * options.round_to)

@@ -24,6 +24,7 @@ from ..errors import OptionError
 from ..layers import Workspace, masking_layers, select
 from ..plan import PruningPlan
 from .base import Method, MethodContext
+from .damage import GroupCurve, removable, saliency_curve
 from .neurons import nonzero_params
 from .nm_pattern import PATTERN_OPTION, conformance, parse_pattern, pattern_keep
 from .options import MethodOption
@@ -86,15 +87,21 @@ def channel_scores(ctx: MethodContext, group, views, stats) -> np.ndarray | None
     return totals if scored else None
 
 
-def _decide_structured(ctx: MethodContext) -> PruningPlan:
-    ratio = _ratio(ctx)
+def _structured_scores(ctx: MethodContext) -> tuple[list, dict[int, np.ndarray | None]]:
+    """The eligible groups and each one's channel scores (None: no consumer to score it)."""
     views = masking_layers(ctx.index)
     groups = ctx.eligible_groups()
     readers = {role.node: views[role.node] for g in groups for role in g.consumers if role.node in views}
     stats = ctx.stats.activity(ctx.model, list(readers.values()))
+    return groups, {group.id: channel_scores(ctx, group, views, stats) for group in groups}
+
+
+def _decide_structured(ctx: MethodContext) -> PruningPlan:
+    ratio = _ratio(ctx)
+    groups, values_of = _structured_scores(ctx)
     removed, scores, notes, unscored = set(), {}, {}, []
     for group in groups:
-        values = channel_scores(ctx, group, views, stats)
+        values = values_of[group.id]
         if values is None:
             unscored.append(group.id)
             continue
@@ -106,6 +113,18 @@ def _decide_structured(ctx: MethodContext) -> PruningPlan:
     if unscored:
         notes["unscored_groups"] = unscored
     return PruningPlan(frozenset(removed), {}, "wanda", notes)
+
+
+def _damage(ctx: MethodContext) -> dict[int, GroupCurve]:
+    """--structured: the channel scores as a normalized saliency (methods.damage); unscored groups stay whole."""
+    if not ctx.settings.structured:
+        raise OptionError(
+            "--method wanda --target: unstructured wanda zeroes single weights and removes no channel; "
+            "add --structured to prune whole channels to the target"
+        )
+    groups, values_of = _structured_scores(ctx)
+    least = ctx.options.min_keep
+    return {g.id: saliency_curve(values_of[g.id], removable(g, least)) for g in groups if values_of[g.id] is not None}
 
 
 def _decide(ctx: MethodContext) -> PruningPlan:
@@ -124,5 +143,6 @@ WANDA = Method(
     statistics=("activity",),
     description="Wanda: |w| * ||x||_2, lowest --ratio per output row zeroed (--structured: whole channels)",
     options=OPTIONS,
+    damage=_damage,
 )
 EXPORTED = (WANDA,)
