@@ -95,6 +95,14 @@ _INPUT_SHAPE = click.option(
     type=int,
     help="--target: calibration samples of each output-error measurement.",
 )
+@click.option(
+    "--latency-batch",
+    default=1,
+    show_default=True,
+    type=int,
+    help="--target latency=...: the batch size at which layers are timed and the written model is measured "
+    "against the original (median of interleaved runs, all onnxruntime optimizations on).",
+)
 @click.option("--round-to", default=1, show_default=True, type=int, help="Keep a multiple of N channels per group.")
 @click.option("--min-keep", default=1, show_default=True, type=int, help="Keep at least N channels per group.")
 @click.option("--include", default=None, help="Only prune groups with a producer node name matching this regex.")
@@ -163,6 +171,7 @@ def prune_command(
     target: str | None,
     target_probes: int,
     target_samples: int,
+    latency_batch: int,
     round_to: int,
     min_keep: int,
     include,
@@ -189,7 +198,7 @@ def prune_command(
     given = click.get_current_context().get_parameter_source
     chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
     plot = chosen.pop("plot", None) if target is not None else None  # --plot: the allocation's figure
-    goal = Target.parse(target, target_probes, target_samples) if target is not None else None
+    goal = Target.parse(target, target_probes, target_samples, latency_batch) if target is not None else None
     ratio = ratio if goal is None or given("ratio") is not ParameterSource.DEFAULT else None
     options = PruneOptions(ratio, round_to, min_keep, include, exclude, seed, chosen, goal)
     written = preflight.check_prune(model, output, report_path, calib, validate_data, plan=plan_path, plot=plot)

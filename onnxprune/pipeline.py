@@ -21,6 +21,7 @@ from . import io, preflight, runtime
 from .analysis import Analysis, analyze
 from .analysis.cost import model_macs
 from .atomic import Transaction
+from .budget.latency_check import written_latency
 from .budget.run import StepTarget, check_target, decide_to_target, step_fractions, target_summary
 from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
@@ -199,6 +200,11 @@ def prune(
     report["model"] = source.name
     if options.target is not None:
         report["target"] = target_summary(options.target, report, [s.plan for s in steps])
+        if options.target.kind == "latency":
+            with timer("latency"):
+                report["target"].update(
+                    written_latency(source.model, current, options.target, report["target"], providers)
+                )
     plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
     return PruneResult(current, report, [s.plan for s in steps], plan_file)
 

@@ -38,6 +38,7 @@ RANGES: dict[str, tuple[int, str]] = {
     "--batch-sizes": (1, "batch sizes to time"),
     "--target-probes": (0, "counts per group at which --target measures the output error (0: none)"),
     "--target-samples": (1, "calibration samples of those measurements"),
+    "--latency-batch": (1, "the batch size at which a latency target is measured"),
 }
 SEED_LIMIT = 2**32  # numpy's legacy seeding and onnxruntime take 32-bit seeds
 

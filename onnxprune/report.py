@@ -121,6 +121,8 @@ def target_lines(report: dict) -> list[str]:
         ]
     else:
         lines = [f"target     {target['target']}: planned {100 * target.get('planned_fraction', 1.0):.1f}% of {kind}"]
+        if "measured_message" in target:
+            lines.append(f"measured   {target['measured_message']}")
     records = [s["target"] for s in report.get("steps", []) if s.get("target")]
     if records:
         rows = sorted(records[-1]["groups"].items(), key=lambda item: -item[1]["removed"] / item[1]["size"])

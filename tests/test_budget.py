@@ -215,7 +215,7 @@ def test_fake_cost_model_drives_the_pipeline(monkeypatch, tmp_path):
     """An injected CostModel for "latency": the allocation follows its costs and its preferred widths."""
     made = {}
 
-    def fake(model, index, analysis, providers):
+    def fake(model, index, analysis, providers, batch):
         sizes = {g.id: g.size for g in analysis.groups}
         expensive = next(g.id for g in analysis.groups if g.producers[0].node == "c2")
         made["model"] = FakeCost({g: (100.0 if g == expensive else 1.0) for g in sizes}, sizes, (2, 4, 6, 8, 10))
@@ -233,6 +233,13 @@ def test_fake_cost_model_drives_the_pipeline(monkeypatch, tmp_path):
         if row["kept"] < row["size"]:
             assert row["kept"] in (2, 4, 6, 8, 10)
     assert result.report["target"]["planned_fraction"] <= 0.6
+    # the written model is measured against the original (not asserted on: timing), and the line says so
+    measured = result.report["target"]
+    assert measured["measured"]["batch"] == 1 and measured["measured_fraction"] > 0
+    assert (
+        measured["measured_message"].startswith("latency ")
+        and "(target 0.60, predicted" in measured["measured_message"]
+    )
 
 
 # ---- the pipeline meets params/MACs budgets, counted on the written model ---------------------------
@@ -327,9 +334,10 @@ def test_cli_target(capsys, tmp_path):
     out = tmp_path / "out.onnx"
     message = assert_refused(capsys, tmp_path, ["prune", path, "-o", out, "--ratio", "0.3", "--target", "macs=0.5"], 2)
     assert "--ratio" in message and "--target" in message
-    if not costs.latency_available():
-        message = assert_refused(capsys, tmp_path, ["prune", path, "-o", out, "--target", "latency=0.5"], 2)
-        assert "not available" in message
+    message = assert_refused(
+        capsys, tmp_path, ["prune", path, "-o", out, "--target", "latency=0.5", "--latency-batch", "0"], 2
+    )
+    assert "--latency-batch 0" in message
     plot = tmp_path / "alloc.png"
     code, stdout, err = invoke(capsys, "prune", path, "-o", out, "--target", "macs=0.5", "--plot", plot)
     assert code == 0, err

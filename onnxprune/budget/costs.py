@@ -23,7 +23,6 @@ its full size (none of the rules produces one on a weight or a layer's output).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -147,8 +146,8 @@ class CountedCost:
         return None
 
 
-def params_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=()) -> CountedCost:
-    """Float initializer entries (io.count_params) for kept counts per group."""
+def params_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1) -> CountedCost:
+    """Float initializer entries (io.count_params) for kept counts per group (`providers`, `batch`: unused)."""
     shapes = ReducedShapes(index, analysis)
     items = {}
     for tensor in model.graph.initializer:
@@ -161,8 +160,8 @@ def _size(name: str, shapes: ReducedShapes) -> int:
     return int(np.prod(shapes.shape(name), dtype=np.int64))
 
 
-def macs_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=()) -> CountedCost:
-    """Multiply-accumulates of one sample (analysis.cost.model_macs) for kept counts per group."""
+def macs_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1) -> CountedCost:
+    """Multiply-accumulates of one sample (analysis.cost.model_macs) for kept counts per group (`batch`: unused)."""
     shapes = ReducedShapes(index, analysis)
     items = {}
     for position, node in enumerate(index.nodes):
@@ -177,21 +176,20 @@ def _macs(node, shapes: ReducedShapes) -> int:
     return node_macs(shapes, node)
 
 
-#: kind -> builder(model, index, analysis, providers) of its CostModel. "latency" is measured with
-#: onnxruntime by budget/latency.py (LatencyCostModel) when this build has it; a test may register a fake.
-COST_MODELS: dict[str, Callable[..., CostModel]] = {"params": params_cost, "macs": macs_cost}
+def latency_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1):
+    """Seconds of one run at `batch`, measured with onnxruntime (budget.latency.LatencyCostModel)."""
+    from .latency import LatencyCostModel  # noqa: PLC0415 (loaded only when a latency target asks)
+
+    return LatencyCostModel(model=model, analysis=analysis, index=index, providers=providers, batch=batch)
 
 
-def latency_available() -> bool:
-    """Whether this build can measure latency costs (onnxprune/budget/latency.py, or a registered model)."""
-    return "latency" in COST_MODELS or importlib.util.find_spec(f"{__package__}.latency") is not None
+#: kind -> builder(model, index, analysis, providers, batch) of its CostModel; a test may register a fake.
+COST_MODELS: dict[str, Callable[..., CostModel]] = {"params": params_cost, "macs": macs_cost, "latency": latency_cost}
 
 
-def build_cost_model(kind: str, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers) -> CostModel:
+def build_cost_model(
+    kind: str, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1
+) -> CostModel:
     """The CostModel of `kind` for the model behind `index`: counted (params, MACs) or measured (latency,
-    with onnxruntime on `providers`)."""
-    if kind in COST_MODELS:
-        return COST_MODELS[kind](model, index, analysis, providers)
-    from .latency import LatencyCostModel  # noqa: PLC0415 (optional: present when the latency model is built)
-
-    return LatencyCostModel(model, index, analysis, providers)
+    with onnxruntime on `providers` at `batch`)."""
+    return COST_MODELS[kind](model, index, analysis, providers, batch)

@@ -29,7 +29,7 @@ from ..methods.damage import LAYER_ERROR
 from ..plan import PruningPlan
 from ..stats import Statistics
 from .allocate import Allocation, allocate
-from .costs import build_cost_model, latency_available
+from .costs import build_cost_model
 from .curves import OUTPUT_ERROR, calibrate, choices
 
 #: allocations tried again with a tightened budget when the plan's exact count overshoots
@@ -49,12 +49,7 @@ class StepTarget:
 
 
 def check_target(target: Target, methods: Sequence[Method]) -> None:
-    """One clear line before any work when the target cannot be met by these methods or in this build."""
-    if target.kind == "latency" and not latency_available():
-        raise OptionError(
-            f"--target {target}: not available: this build has no measured latency cost model "
-            "(onnxprune/budget/latency.py); use --target macs=... or params=..."
-        )
+    """One clear line before any work when the target cannot be met by these methods."""
     for meth in methods:
         if meth.damage is None and not meth.own_amount:
             raise OptionError(
@@ -81,7 +76,7 @@ def decide_to_target(
     ctx = MethodContext.build(meth, model, index, analysis, options.for_methods(), stats)
     if meth.damage is None:  # its own amount (relief): runs as it is
         return meth.decide(ctx)
-    costs = build_cost_model(step.target.kind, model, index, analysis, providers)
+    costs = build_cost_model(step.target.kind, model, index, analysis, providers, step.target.batch)
     before = costs.cost({})
     budget = step.fraction * (before if step.origin is None else step.origin)
     curves = meth.damage(ctx)

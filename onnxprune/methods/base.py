@@ -36,12 +36,14 @@ class Target:
     """`--target KIND=FRACTION`: keep at most FRACTION of the original model's KIND (params, MACs, or
     measured latency), the removals spread over the groups by damage (onnxprune.budget). `probes`: counts
     per group at which the model's output error is measured to calibrate a method's layer-level curves;
-    `samples`: calibration samples of those measurements."""
+    `samples`: calibration samples of those measurements; `batch`: the batch size at which a latency
+    target is measured (--latency-batch)."""
 
     kind: str
     fraction: float
     probes: int = 3
     samples: int = 32
+    batch: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
@@ -52,10 +54,10 @@ class Target:
             raise OptionError(
                 f"--target {self.kind}={self.fraction}: the fraction to keep must be in (0, 1]; macs=0.5 keeps half"
             )
-        check_numbers(target_probes=self.probes, target_samples=self.samples)
+        check_numbers(target_probes=self.probes, target_samples=self.samples, latency_batch=self.batch)
 
     @classmethod
-    def parse(cls, text: str | Target, probes: int = 3, samples: int = 32) -> Target:
+    def parse(cls, text: str | Target, probes: int = 3, samples: int = 32, batch: int = 1) -> Target:
         """`KIND=FRACTION` (e.g. "macs=0.5"), one clear error otherwise."""
         if isinstance(text, Target):
             return text
@@ -68,7 +70,7 @@ class Target:
             raise OptionError(
                 f"--target {text}: write KIND=FRACTION with KIND one of {', '.join(TARGET_KINDS)}, e.g. macs=0.5"
             )
-        return cls(kind.strip().lower(), fraction, probes, samples)
+        return cls(kind.strip().lower(), fraction, probes, samples, batch)
 
     def __str__(self) -> str:
         return f"{self.kind}={self.fraction:g}"
