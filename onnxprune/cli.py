@@ -25,7 +25,11 @@ from .report import inspect_table, summary_lines
 
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    """-v/-q, given before or after the command name: kept in ctx.meta (shared by nested contexts)."""
+    """-v/-q, given before or after the command name: kept in ctx.meta (shared by nested contexts); the
+    logging set up for the command is undone when the command's context closes."""
+    if "onnxprune.restore" not in ctx.meta:
+        ctx.meta["onnxprune.restore"] = progress.logging_restorer()
+        ctx.find_root().call_on_close(ctx.meta["onnxprune.restore"])
     if value:
         ctx.meta[f"onnxprune.{param.name}"] = True
     progress.configure(verbose=_flag(ctx, "verbose"), quiet=_flag(ctx, "quiet"))
@@ -346,7 +350,7 @@ def bench_command(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr for user errors (exit 1; 2 for bad options); see failure.py."""
     try:
-        with atomic.signals_interrupt(), progress.logging_restored():
+        with atomic.signals_interrupt():
             cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - failure.exit_code sorts user errors from bugs
         sys.exit(failure.exit_code(exc))

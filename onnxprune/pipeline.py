@@ -155,9 +155,10 @@ def prune(
 ) -> PruneResult:
     """Prune `model` with `method` (comma-separated names chain methods) and validate the result.
 
-    `calibration` feeds data-driven methods; `validation_data` (default: the calibration data, else
-    random inputs from the signature) is run through both models for the report. How the pipeline runs
-    is `pipeline`, or PipelineOptions built from the keyword arguments (calib_samples=..., ...).
+    `calibration` feeds data-driven methods; `validation_data` (default: the last `holdout` share of the
+    calibration data, which then does not calibrate; else random inputs from the signature: see
+    onnxprune.datasplit) is run through both models for the report. How the pipeline runs is
+    `pipeline`, or PipelineOptions built from the keyword arguments (calib_samples=..., holdout=...).
     """
     options = options or PruneOptions()
     pipeline = pipeline or PipelineOptions(**pipeline_fields)

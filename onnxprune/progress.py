@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -131,17 +131,17 @@ def configure(verbose: bool = False, quiet: bool = False) -> None:
         logger.addHandler(_HANDLER)
 
 
-@contextmanager
-def logging_restored() -> Iterator[None]:
-    """The `onnxprune` logger's level and handlers as they were before (a command run in a process
-    that goes on, such as a test, leaves no setting behind)."""
+def logging_restorer() -> Callable[[], None]:
+    """A function that puts the `onnxprune` logger's level and handlers back as they are now (a
+    command run in a process that goes on, such as a test, leaves no setting behind)."""
     logger = logging.getLogger(ROOT_LOGGER)
     level, handlers = logger.level, list(logger.handlers)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         logger.setLevel(level)
         logger.handlers[:] = handlers
+
+    return restore
 
 
 def bars_wanted(quiet: bool) -> bool:

@@ -110,3 +110,16 @@ def test_bar_is_the_iterable_itself_unless_bars_are_shown():
         assert progress.bar([1], desc="one item") == [1]  # nothing to show for a single step
         assert progress.bar(items, enabled=False) is items
     assert not progress.shown()
+
+
+def test_a_command_leaves_no_logging_setting_behind(tmp_path):
+    """-q or -v configure the `onnxprune` logger for one command only (a test after it still sees warnings)."""
+    from click.testing import CliRunner
+
+    from onnxprune.cli import cli
+
+    logger = logging.getLogger("onnxprune")
+    before = (logger.level, list(logger.handlers))
+    for flag in ("-q", "-v"):
+        result = CliRunner().invoke(cli, [flag, "prune", str(LENET), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.3"])
+        assert result.exit_code == 0 and (logger.level, list(logger.handlers)) == before
