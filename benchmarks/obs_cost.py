@@ -60,7 +60,7 @@ from onnxprune import PruneOptions, prune, save_model
 path, images, batch, count, validate, out, positions = sys.argv[1:8]
 options = PruneOptions(ratio=0.5, extra={"max_positions": int(positions)})
 result = prune(path, "obs", options, calibration=images, calib_samples=int(count), providers="cpu",
-               batch_size=int(batch), run_validation=validate == "1")
+               batch_size=int(batch), run_validation=validate == "1", holdout=0.0, validate_samples=256)
 save_model(result.model, out)
 seconds = time.perf_counter() - start
 report = result.report

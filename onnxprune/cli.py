@@ -1,20 +1,23 @@
-"""Command line: `onnxprune inspect | prune | validate`. A thin skin over the library calls.
+"""Command line: `onnxprune inspect | prune | apply | validate | bench`. A thin skin over the library calls.
 
 Errors caused by the input print one line on stderr: exit code 1, or 2 for bad options.
+Output: results on stdout (tables, or JSON with --json); progress bars on stderr when it is a terminal;
+-v logs every stage with its time and sizes on stderr; -q drops bars, logs and the prune/apply summary,
+leaving results, warnings and errors (onnxprune.progress). -v and -q go before or after the command name.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from . import atomic, failure, io, preflight
+from . import atomic, failure, io, preflight, progress
 from .budget.plot import plot_allocation
+from .datasplit import HOLDOUT, MIN_HELD, RANDOM_SAMPLES
 from .gate import Gate, GateError, alarms
 from .methods.base import PruneOptions, Target
 from .methods.registry import METHODS, method_options
@@ -22,16 +25,52 @@ from .pipeline import PipelineOptions, apply, inspect_model, prune
 from .report import inspect_table, summary_lines
 
 
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """-v/-q, given before or after the command name: kept in ctx.meta (shared by nested contexts); the
+    logging set up for the command is undone when the command's context closes."""
+    if "onnxprune.restore" not in ctx.meta:
+        ctx.meta["onnxprune.restore"] = progress.logging_restorer()
+        ctx.find_root().call_on_close(ctx.meta["onnxprune.restore"])
+    if value:
+        ctx.meta[f"onnxprune.{param.name}"] = True
+    progress.configure(verbose=_flag(ctx, "verbose"), quiet=_flag(ctx, "quiet"))
+    return value
+
+
+def _flag(ctx: click.Context, name: str) -> bool:
+    return bool(ctx.meta.get(f"onnxprune.{name}", False))
+
+
+def _verbosity(func):
+    """-v (log each stage with its time and sizes) and -q (no bars, no logs, no prune/apply summary)."""
+    func = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+        help="No progress bars, no logs, no summary after prune/apply (results of inspect, validate and bench "
+        "are still printed; so are warnings and errors).",
+    )(func)  # fmt: skip
+    return click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity,
+        help="Log each stage on stderr with its time and sizes.",
+    )(func)  # fmt: skip
+
+
+def _quiet() -> bool:
+    return _flag(click.get_current_context(), "quiet")
+
+
+def _bars() -> bool:
+    """Progress bars: stderr is a terminal and not -q."""
+    return progress.bars_wanted(_quiet())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
-def cli(verbose: bool) -> None:
+@_verbosity
+def cli() -> None:
     """Prune ONNX models: data-free merging, layer-wise OBS, relief masks; validated in onnxruntime."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
 
 
 @cli.command()
+@_verbosity
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the groups and totals as JSON.")
 def inspect(model: Path, as_json: bool) -> None:
@@ -63,6 +102,7 @@ _INPUT_SHAPE = click.option(
 
 
 @cli.command(name="prune")
+@_verbosity
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
 @click.option(
@@ -114,7 +154,21 @@ _INPUT_SHAPE = click.option(
     type=click.Path(path_type=Path),
     help="Calibration data: .npz keyed by input name (first axis = samples) or a folder of .npy/.npz.",
 )
-@click.option("--calib-samples", default=256, show_default=True, type=int, help="Use at most N calibration samples.")
+@click.option(
+    "--calib-samples",
+    default=PipelineOptions.calib_samples,
+    show_default=True,
+    type=int,
+    help="Calibrate on at most N samples (the first ones, after the holdout); the summary says when this caps.",
+)
+@click.option(
+    "--holdout",
+    default=HOLDOUT,
+    show_default=True,
+    type=float,
+    help=f"Without --validate-data: validate on the last FRACTION of --calib (at least {MIN_HELD} samples), which then "
+    "does not calibrate; 0 validates on the calibration data itself (optimistic, and labelled so).",
+)
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Batch size of onnxruntime runs.")
 @click.option(
     "--providers",
@@ -127,9 +181,15 @@ _INPUT_SHAPE = click.option(
     "--validate-data",
     default=None,
     type=click.Path(path_type=Path),
-    help="Data to compare original and pruned outputs on (default: calibration data, else random).",
+    help="Data to compare original and pruned outputs on (default: the --holdout part of --calib, else random inputs).",
 )
-@click.option("--validate-samples", default=256, show_default=True, type=int)
+@click.option(
+    "--validate-samples",
+    default=None,
+    type=int,
+    help=f"Compare on at most N samples (default: all of the validation data; {RANDOM_SAMPLES} random inputs without "
+    "data).",
+)
 @click.option("--no-validate", is_flag=True, help="Skip running both models (the checker still runs).")
 @click.option(
     "--iterations",
@@ -147,7 +207,6 @@ _INPUT_SHAPE = click.option(
     type=click.Path(path_type=Path),
     help="Write the plan (JSON, plus an .npz beside it for new weights) that `onnxprune apply` replays.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No summary, no progress bars.")
 @click.option(
     "--max-drop",
     default=None,
@@ -179,16 +238,16 @@ def prune_command(
     seed: int,
     calib,
     calib_samples: int,
+    holdout: float,
     batch_size: int,
     providers: str,
     validate_data,
-    validate_samples: int,
+    validate_samples: int | None,
     no_validate: bool,
     iterations: int,
     sparse_storage: bool,
     report_path,
     plan_path,
-    quiet: bool,
     max_drop: float | None,
     max_drift: float | None,
     input_shape: tuple[str, ...],
@@ -207,12 +266,13 @@ def prune_command(
     pipeline = PipelineOptions(
         calib_samples=calib_samples,
         validate_samples=validate_samples,
+        holdout=holdout,
         run_validation=not no_validate,
         providers=providers,
         batch_size=batch_size,
         iterations=iterations,
         sparse_storage=sparse_storage,
-        progress=not quiet and sys.stderr.isatty(),
+        progress=_bars(),
         input_shapes=preflight.parse_input_shapes(input_shape),
     )
     result = prune(model, method, options, calib, validate_data, pipeline)
@@ -227,13 +287,14 @@ def prune_command(
             plot_allocation(result.report, transaction.path(plot))
     for warning in alarms(result.report):  # after the write: they belong to a run that succeeded
         click.echo(f"onnxprune: warning: {warning}", err=True)
-    if not quiet:
+    if not _quiet():
         click.echo("\n".join(summary_lines(result.report)))
         extras = [f"plan {plan_path}"] * (plan_path is not None) + [f"plot {plot}"] * (plot is not None)
         click.echo(f"wrote      {output}" + "".join(f" and {e}" for e in extras))
 
 
 @cli.command(name="apply")
+@_verbosity
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("plan", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
@@ -241,33 +302,59 @@ def apply_command(model: Path, plan: Path, output: Path) -> None:
     """Replay a plan saved by `prune --save-plan` on MODEL (no data needed): the same model prune wrote."""
     target = preflight.check_apply(model, plan, output)
     written = io.save_model(apply(model, plan), target)
-    click.echo(f"wrote      {output} ({written:,} B)")
+    if not _quiet():
+        click.echo(f"wrote      {output} ({written:,} B)")
+
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for pipelines).")
 
 
 @cli.command(name="validate")
+@_verbosity
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("pruned", type=click.Path(path_type=Path))
 @click.option("--data", default=None, type=click.Path(path_type=Path), help=".npz inputs (and labels) to compare on.")
-@click.option("--samples", default=256, show_default=True, type=int)
+@click.option(
+    "--samples",
+    default=None,
+    type=int,
+    help=f"Compare on at most N samples of --data (default: all), or on N random inputs without --data (default "
+    f"{RANDOM_SAMPLES}).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs.")
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @_INPUT_SHAPE
-def validate_command(original: Path, pruned: Path, data, samples: int, providers: str, input_shape) -> None:
-    """Run ORIGINAL and PRUNED on the same inputs and print how far the outputs moved."""
+@_JSON
+def validate_command(
+    original: Path, pruned: Path, data, samples: int | None, seed: int, providers: str, input_shape, as_json: bool
+) -> None:
+    """Run ORIGINAL and PRUNED on the same inputs and print how far the outputs moved (and the accuracy
+    of both with labeled --data)."""
     from . import runtime
-    from .feeds import Dataset, load_dataset
-    from .validate import random_feeds, validate
+    from .feeds import load_dataset
+    from .report import comparison_lines
+    from .validate import random_dataset, validate
 
-    preflight.check_numbers(samples=samples)
+    preflight.check_numbers(samples=samples, seed=seed)
     reference, candidate = io.load_model(original), io.load_model(pruned)
     shapes = preflight.parse_input_shapes(input_shape)
-    dataset = (
-        load_dataset(data, reference, samples, "--data") if data else Dataset(random_feeds(reference, 8, 0, shapes))
-    )
-    result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
-    click.echo(json.dumps(result, indent=1))
+    with progress.showing(_bars()):
+        if data:
+            dataset = load_dataset(data, reference, samples, "--data")
+            source = f"--data {data}"
+        else:
+            dataset = random_dataset(reference, samples or RANDOM_SAMPLES, seed, shapes)
+            source = f"random inputs (seed {seed}): drift only"
+        result = validate(reference, candidate, dataset.feeds, dataset.labels, runtime.resolve_providers(providers))
+    if as_json:
+        click.echo(json.dumps({"original": str(original), "pruned": str(pruned), "data": source, **result}, indent=1))
+        return
+    lines = [f"original   {original}", f"pruned     {pruned}", f"data       {result['samples']} samples, {source}"]
+    click.echo("\n".join([*lines, *comparison_lines(result, source)]))
 
 
 @cli.command(name="bench")
+@_verbosity
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs per batch size.")
@@ -275,22 +362,30 @@ def validate_command(original: Path, pruned: Path, data, samples: int, providers
 @click.option("--threads", default=0, show_default=True, type=int, help="intra-op threads (0: onnxruntime's choice).")
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @_INPUT_SHAPE
+@_JSON
 def bench_command(
-    models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str, input_shape
+    models, batch_sizes: str, repeats: int, warmup: int, threads: int, providers: str, input_shape, as_json: bool
 ) -> None:
-    """Median onnxruntime latency of each model (e.g. original and pruned) per batch size."""
+    """Median onnxruntime latency of each model per batch size, and the speed-up against the first model
+    (give the original first, then pruned versions) measured in the same run."""
     from . import runtime
-    from .bench import measure, table
+    from .bench import as_json as bench_json
+    from .bench import check_batches, distinct_labels, measure, table
 
     sizes = preflight.parse_batch_sizes(batch_sizes)
     preflight.check_numbers(repeats=repeats, warmup=warmup, threads=threads)
+    shapes = preflight.parse_input_shapes(input_shape)
+    labels = distinct_labels(list(models))
+    for path, label in zip(models, labels, strict=True):  # every refusal before the first timing
+        check_batches(io.load_model(path), sizes, label)
     chosen = runtime.resolve_providers(providers)
-    rows = []
-    for path in models:
-        io.load_model(path)  # one clear line for a bad file before onnxruntime sees it
-        shapes = preflight.parse_input_shapes(input_shape)
-        rows.extend(measure(str(path), b, chosen, warmup, repeats, threads, path.name, shapes) for b in sizes)
-    click.echo("\n".join(table(rows)))
+    with progress.showing(_bars()):
+        rows = [
+            measure(str(path), b, chosen, warmup, repeats, threads, label, shapes)
+            for path, label in zip(models, labels, strict=True)
+            for b in sizes
+        ]
+    click.echo(json.dumps(bench_json(rows), indent=1) if as_json else "\n".join(table(rows)))
 
 
 def main(argv: list[str] | None = None) -> None:

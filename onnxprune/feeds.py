@@ -66,8 +66,12 @@ class Dataset:
             count = max(self.batch, count - count % self.batch)
         if count is None or count >= len(self):
             return self
-        labels = None if self.labels is None else self.labels[:count]
-        return Dataset(slice_samples(self.feeds, 0, count), labels, self.batch)
+        return self.part(0, count)
+
+    def part(self, start: int, stop: int) -> Dataset:
+        """Samples start..stop-1 (and their labels)."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Dataset(slice_samples(self.feeds, start, stop), labels, self.batch)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         batch_size = self.batch or batch_size

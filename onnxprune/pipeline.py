@@ -8,6 +8,7 @@ Several methods can be chained ("merge,obs"): each step analyzes the model the p
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import io, preflight, runtime
+from . import io, preflight, progress, runtime
 from .analysis import Analysis, analyze
 from .analysis.cost import model_macs
 from .atomic import Transaction
 from .budget.latency_check import written_latency
 from .budget.run import StepTarget, check_target, decide_to_target, step_fractions, target_summary
+from .datasplit import HOLDOUT, DataUse, check_holdout, plan_data
 from .errors import OptionError, ValidationError
 from .feeds import Dataset, load_dataset
 from .graph import GraphIndex
@@ -35,15 +37,20 @@ from .passes.unshare import UNSHARE_CONSTANTS
 from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
 from .report import build_report, group_rows, write_json
 from .stats import CollectSettings, Statistics
-from .validate import random_feeds, validate
+from .validate import random_dataset, validate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
     """How prune() runs, apart from what the methods decide (each default written here only).
 
-    calib_samples: calibration samples used (None: all); validate_samples: samples compared;
-    run_validation: run original and pruned on the same inputs; providers: auto|cpu|cuda;
+    calib_samples: calibration samples used (None: all), after the holdout; validate_samples: samples
+    compared (None: all of the validation data, or datasplit.RANDOM_SAMPLES random inputs); holdout:
+    without validation data, the share of the calibration samples kept apart to validate on (0: validate
+    on the calibration data; see onnxprune.datasplit); run_validation: run original and pruned on the
+    same inputs; providers: auto|cpu|cuda;
     batch_size: onnxruntime batch of every statistics pass; iterations: data-driven methods prune K
     times, recollecting statistics in between; sparse_storage: mostly-zero weights stored sparse;
     progress: progress bars on stderr; input_shapes: sizes of random validation inputs whose dims are
@@ -51,7 +58,8 @@ class PipelineOptions:
     """
 
     calib_samples: int | None = 256
-    validate_samples: int = 256
+    validate_samples: int | None = None
+    holdout: float = HOLDOUT
     run_validation: bool = True
     providers: str = "auto"
     batch_size: int = 32
@@ -67,6 +75,7 @@ class PipelineOptions:
             batch_size=self.batch_size,
             iterations=self.iterations,
         )
+        check_holdout(self.holdout)
         if self.providers not in runtime.PROVIDER_CHOICES:
             raise OptionError(f"--providers {self.providers}: use one of {', '.join(runtime.PROVIDER_CHOICES)}")
 
@@ -124,14 +133,17 @@ class PruneResult:
 
 
 class _Timer:
+    """The seconds of each stage (summed over a chain's steps), for the report; each stage is also
+    logged with its sizes (onnxprune.progress.stage)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
+    def __call__(self, stage: str, **sizes) -> Iterator[progress.Stage]:
+        with progress.stage(log, stage, **sizes) as current:
+            yield current
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + current.seconds, 4)
 
 
 def prune(
@@ -145,25 +157,32 @@ def prune(
 ) -> PruneResult:
     """Prune `model` with `method` (comma-separated names chain methods) and validate the result.
 
-    `calibration` feeds data-driven methods; `validation_data` (default: the calibration data, else
-    random inputs from the signature) is run through both models for the report. How the pipeline runs
-    is `pipeline`, or PipelineOptions built from the keyword arguments (calib_samples=..., ...).
+    `calibration` feeds data-driven methods; `validation_data` (default: the last `holdout` share of the
+    calibration data, which then does not calibrate; else random inputs from the signature: see
+    onnxprune.datasplit) is run through both models for the report. How the pipeline runs is
+    `pipeline`, or PipelineOptions built from the keyword arguments (calib_samples=..., holdout=...).
     """
     options = options or PruneOptions()
     pipeline = pipeline or PipelineOptions(**pipeline_fields)
+    with progress.showing(pipeline.progress):
+        return _prune(model, method, options, calibration, validation_data, pipeline)
+
+
+def _prune(model, method: str, options: PruneOptions, calibration, validation_data, pipeline: PipelineOptions):
     timer = _Timer()
-    with timer("load"):
+    with timer("load", model=str(model) if not isinstance(model, onnx.ModelProto) else "(in memory)") as stage:
         source = _Source.load(model)
         current = _prologue(source.model)
+        stage.sizes.update(params=source.summary["params"], nodes=len(current.graph.node))
     methods = _methods(method)
     _check_options(methods, options)
     if options.target is not None:
         check_target(options.target, methods)
     providers = _providers(methods, pipeline)
-    calib = _calibration(calibration, source.signature, pipeline.calib_samples, methods)
+    data = _data(calibration, validation_data, source.signature, current, methods, pipeline)
     collect = CollectSettings(pipeline.batch_size, providers, pipeline.progress)
-    stats = None if calib is None else Statistics(calib, collect)
-    checks = _validation_data(validation_data, calib, current, pipeline) if pipeline.run_validation else None
+    stats = None if data.calibration is None else Statistics(data.calibration, collect)
+    checks = data.validation
     steps: list[Step] = []
     plan_steps: list[PlanStep] = []
     runs = [(m, i) for m in methods for i in range(pipeline.iterations if m.needs_data else 1)]
@@ -182,7 +201,7 @@ def prune(
             current = PassManager([PASSES["sparse-storage"]]).run(current)
     validation = None
     if checks is not None:
-        with timer("validate"):
+        with timer("validate", samples=len(checks), data=data.notes["validation"]["kind"]):
             validation = _validate(source, current, checks, providers)
     report = build_report(
         method=",".join(m.name for m in methods),
@@ -193,7 +212,8 @@ def prune(
         macs_after=macs_after,
         steps=[s.as_report() for s in steps],
         validation=validation,
-        validation_source=_validation_source(validation_data, calib) if validation is not None else None,
+        validation_source=data.source if validation is not None else None,
+        data=data.notes,
         statistics=[p.as_dict() for p in stats.passes] if stats is not None else [],
         seconds=timer.seconds,
     )
@@ -306,14 +326,16 @@ def _run_step(model, meth, options, stats, timer, goal: StepTarget | None = None
         analysis = analyze(index)
         producers = [p.node for g in analysis.groups for p in g.producers]
         preflight.check_selection(producers, options.include, options.exclude)
-    with timer("decide"):
+    with timer("decide", method=meth.name, groups=len(analysis.groups)):
         if options.target is not None:
             plan = decide_to_target(meth, model, index, analysis, options, stats, goal, providers)
         else:
-            plan = meth.decide(MethodContext.build(meth, model, index, analysis, options, stats))
+            ctx = MethodContext.build(meth, model, index, analysis, options, stats)
+            plan = meth.decide(ctx)
+            del ctx
         index.release()
     _check_finite(plan)
-    with timer("shrink"):
+    with timer("shrink", removed=len(plan.removed)):
         pruned = PassManager([shrink_pass(analysis, plan), CLEANUP, CHECK]).run(model)
     step = Step(
         meth.name, 1, plan, group_rows(analysis, plan), io.count_params(pruned), io.count_nonzero_params(pruned)
@@ -343,35 +365,35 @@ def _check_options(methods: list[Method], options: PruneOptions) -> None:
         raise OptionError(f"{flag}: no method has this option; `onnxprune prune --help` lists them")
 
 
-def _calibration(calibration, model, limit, methods) -> Dataset | None:
-    if calibration is None:
-        needing = [m.name for m in methods if m.needs_data]
-        if needing:
-            raise OptionError(
-                f"--method {needing[0]} needs calibration data: pass --calib FILE.npz (arrays keyed by "
-                "input name, first axis = samples)"
-            )
-        return None
-    return load_dataset(calibration, model, limit)
+def _data(calibration, validation_data, model: onnx.ModelProto, runnable, methods: list[Method], pipeline) -> DataUse:
+    """The calibration and validation samples (onnxprune.datasplit: the holdout, the caps), checked
+    against `model`'s signature; random inputs sized by running `runnable` where dims are symbolic."""
+    needing = [m.name for m in methods if m.needs_data]
+    if calibration is None and needing:
+        raise OptionError(
+            f"--method {needing[0]} needs calibration data: pass --calib FILE.npz (arrays keyed by "
+            "input name, first axis = samples)"
+        )
 
+    def random(count: int) -> Dataset:
+        return random_dataset(runnable, count, seed=0, shapes=pipeline.input_shapes)
 
-def _validation_data(validation_data, calib: Dataset | None, model, pipeline: PipelineOptions) -> Dataset:
-    """--validate-data, else the calibration data, else random inputs (sized by --input-shape where
-    the model's dims are symbolic)."""
-    if validation_data is not None:
-        return load_dataset(validation_data, model, pipeline.validate_samples, where="--validate-data")
-    if calib is not None:
-        return calib.take(pipeline.validate_samples)
-    return Dataset(random_feeds(model, batch=8, seed=0, shapes=pipeline.input_shapes))
-
-
-def _validation_source(validation_data, calib: Dataset | None) -> str:
-    """Which data the validation figures come from, said plainly in the report and the summary."""
-    if validation_data is not None:
-        return "--validate-data"
-    if calib is not None:
-        return "calibration data, also used to prune: optimistic; give --validate-data"
-    return "random inputs (seed 0)"
+    validates = pipeline.run_validation
+    with progress.stage(log, "load data") as stage:
+        data = plan_data(
+            load_dataset(calibration, model) if calibration is not None and (needing or validates) else None,
+            load_dataset(validation_data, model, where="--validate-data") if validates and validation_data else None,
+            holdout=pipeline.holdout,
+            calib_samples=pipeline.calib_samples,
+            validate_samples=pipeline.validate_samples,
+            run_validation=validates,
+            calibrates=bool(needing),
+            random=random,
+        )
+        for part in ("calibration", "validation"):
+            if getattr(data, part) is not None:
+                stage.sizes[part] = len(getattr(data, part))
+    return data
 
 
 def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers) -> dict:

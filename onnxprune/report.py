@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import io
+from . import datasplit, io
 from .analysis import Analysis
 from .plan import PruningPlan, jsonable
 
@@ -34,11 +34,11 @@ def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict
 
 def build_report(
     *, method: str, options, pipeline, before: dict, model, macs_after: int, steps: list[dict], validation,
-    validation_source: str | None, statistics: list[dict], seconds: dict,
+    validation_source: str | None, statistics: list[dict], seconds: dict, data: dict | None = None,
 ) -> dict:  # fmt: skip
     """The JSON report of a prune, built in one place: sizes before and after, per-step rows (the
     groups of a single step at the top level), the onnxruntime passes of the statistics stage,
-    validation and timings."""
+    the samples that calibrated and validated (`data`: onnxprune.datasplit notes), validation and timings."""
     report = {
         "method": method,
         "options": {**options.as_dict(), **{k: v for k, v in vars(pipeline).items() if k != "progress"}},
@@ -52,6 +52,7 @@ def build_report(
         "groups": steps[0]["groups"] if len(steps) == 1 else [g for s in steps for g in s["groups"]],
         "steps": steps,
         "statistics": statistics,
+        "data": data or {},
     }
     if validation is not None:
         report["validation"] = validation
@@ -87,17 +88,10 @@ def summary_lines(report: dict) -> list[str]:
         which = f" ({step['method']}, step {number})" if len(steps) > 1 else ""
         lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen{which}")
     lines.extend(target_lines(report))
+    lines += datasplit.summary_lines(report.get("data") or {})
     validation = report.get("validation")
     if validation:
-        for name, metrics in validation["outputs"].items():
-            text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "name")
-            lines.append(f"output     {name}: {text}")
-        if "accuracy_after" in validation:
-            source = report.get("validation_source", "validation data")
-            lines.append(
-                f"accuracy   {validation['accuracy_before']:.4f} -> {validation['accuracy_after']:.4f}"
-                f" on {validation['samples']} labeled samples ({source})"
-            )
+        lines += comparison_lines(validation, report.get("validation_source", "validation data"))
     seconds = report.get("seconds", {})
     lines.append("seconds    " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return lines
@@ -130,6 +124,33 @@ def target_lines(report: dict) -> list[str]:
         more = f", ... ({len(rows) - SUMMARY_GROUPS} more groups)" if len(rows) > SUMMARY_GROUPS else ""
         lines.append(f"allocation by {records[-1]['damage_unit']}: removed {', '.join(shown) or 'nothing'}{more}")
         lines.append("           per group, how many went and why: the report's groups[].notes.why")
+    return lines
+
+
+#: the columns of a comparison: metric key, header, format
+_METRICS = (
+    ("rel_l2", "rel L2", ".4g"),
+    ("cosine", "cosine", ".6f"),
+    ("top1_agreement", "top-1 agree", ".4f"),
+    ("max_abs", "max |diff|", ".4g"),
+)
+
+
+def comparison_lines(validation: dict, source: str) -> list[str]:
+    """How far the outputs moved (one row per output: relative L2, cosine, top-1 agreement for
+    classifier outputs, max |diff|) and, with labels, the accuracy before and after on `source`."""
+    outputs = validation["outputs"]
+    width = max([len("output"), *(len(name) for name in outputs)])
+    lines = [f"{'output':<{width}}  " + "  ".join(f"{title:>11}" for _, title, _ in _METRICS)]
+    for name, metrics in outputs.items():
+        cells = [format(metrics[key], fmt) if key in metrics else "-" for key, _, fmt in _METRICS]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{cell:>11}" for cell in cells))
+    if "accuracy_after" in validation:
+        before, after = validation["accuracy_before"], validation["accuracy_after"]
+        lines.append(
+            f"accuracy   {before:.4f} -> {after:.4f} ({100 * (after - before):+.2f} points) on "
+            f"{validation['samples']} labeled samples, {source}"
+        )
     return lines
 
 

@@ -7,14 +7,17 @@ agrees. With labels, the accuracy of both models.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 
-from . import runtime
+from . import progress, runtime
 from .errors import ValidationError
-from .feeds import input_shapes, sample_count, slice_samples
+from .feeds import Dataset, fixed_batch, input_shapes, input_specs, sample_count, slice_samples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,18 @@ def random_feeds(
     return feeds
 
 
+def random_dataset(
+    model: onnx.ModelProto, count: int, seed: int = 0, shapes: dict | None = None, source=None
+) -> Dataset:
+    """`count` random samples (random_feeds); a model that fixes its batch size b gets ceil(count / b)
+    batches of b, each drawn with the next seed."""
+    fixed = fixed_batch(input_specs(model))
+    if fixed is None:
+        return Dataset(random_feeds(model, count, seed, shapes, source))
+    draws = [random_feeds(model, fixed, seed + k, shapes, source) for k in range(-(-count // fixed))]
+    return Dataset({name: np.concatenate([d[name] for d in draws]) for name in draws[0]}, batch=fixed)
+
+
 def compare_outputs(names: list[str], reference: list[np.ndarray], candidate: list[np.ndarray]):
     """Metrics of `candidate` against `reference`, output by output."""
     results = []
@@ -71,12 +86,12 @@ def compare_outputs(names: list[str], reference: list[np.ndarray], candidate: li
     return results
 
 
-def run_batches(sess, feeds: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+def run_batches(sess, feeds: dict[str, np.ndarray], batch_size: int = 64, desc: str = "validate") -> list[np.ndarray]:
     """Run `feeds` (first axis = samples) through `sess` in batches and concatenate the outputs."""
     count = sample_count(feeds)
     batch_size = runtime.fixed_batch(sess) or batch_size  # a model exported with batch 1 runs at batch 1
     chunks = []
-    for start in range(0, count, batch_size):
+    for start in progress.bar(range(0, count, batch_size), desc=desc, unit="batch"):
         chunks.append(runtime.run(sess, slice_samples(feeds, start, start + batch_size)))
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
@@ -100,8 +115,9 @@ def validate(
     feeds = {k: v for k, v in feeds.items() if k in {i.name for i in signature.graph.input}}
     ref_sess, new_sess = runtime.session(original, providers), runtime.session(pruned, providers)
     names = [o.name for o in ref_sess.get_outputs()]
-    reference = run_batches(ref_sess, feeds)
-    candidate = run_batches(new_sess, feeds)
+    with progress.stage(log, "validation runs", samples=sample_count(feeds), outputs=len(names)):
+        reference = run_batches(ref_sess, feeds, desc="validate original")
+        candidate = run_batches(new_sess, feeds, desc="validate pruned")
     report = {
         "samples": sample_count(feeds),
         "outputs": {c.name: c.as_dict() for c in compare_outputs(names, reference, candidate)},

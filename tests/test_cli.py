@@ -192,7 +192,7 @@ def test_validate_command(tmp_path, capsys):
     out = tmp_path / "small.onnx"
     assert invoke(capsys, "prune", LENET, "-o", out, "--ratio", "0.3", "-q", "--no-validate")[0] == 0
     code, stdout, err = invoke(
-        capsys, "validate", LENET, out, "--data", DIGITS, "--samples", "50", "--providers", "cpu"
+        capsys, "validate", LENET, out, "--data", DIGITS, "--samples", "50", "--providers", "cpu", "--json"
     )
     assert code == 0, err
     result = json.loads(stdout)
@@ -226,7 +226,7 @@ def test_bench_command(tmp_path, capsys):
         capsys, "bench", LENET, out, "--batch-sizes", "1,4", "--repeats", "3", "--providers", "cpu"
     )
     assert code == 0, err
-    rows = [line.split() for line in stdout.strip().splitlines()[1:]]
+    rows = [line.split() for line in stdout.strip().splitlines()[1:-1]]
     assert [(r[0], int(r[1])) for r in rows] == [
         ("lenet5.onnx", 1),
         ("lenet5.onnx", 4),

@@ -69,7 +69,7 @@ import numpy as np
 import onnx
 
 from ..analysis import Analysis, Group
-from ..bench import check_batch
+from ..bench import check_batches
 from ..feeds import input_shapes
 from ..graph import GraphIndex
 from ..validate import random_feeds
@@ -148,7 +148,7 @@ class LatencyCostModel:
 
     def __post_init__(self) -> None:
         self.providers = tuple(check_providers(self.providers))
-        check_batch(self.model, self.batch, "the model", "--latency-batch")
+        check_batches(self.model, [self.batch], "the model", "--latency-batch")
         if self.timer is None:
             self.timer = OrtTimer(self.providers, threads=self.threads)
         shapes = input_shapes(self.model, self.batch, self.shapes, source=self.model)

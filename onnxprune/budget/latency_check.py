@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-from ..bench import check_batch
+from ..bench import check_batches
 from ..feeds import input_shapes
 from ..validate import random_feeds
 from .timing import check_providers, interleaved, session
@@ -40,7 +40,7 @@ def measure_latency_ratio(
     (interquartile range / median) of each, batch, providers, repeats."""
     providers = check_providers(providers)
     proto = onnx.load(original, load_external_data=False) if isinstance(original, str) else original
-    check_batch(proto, batch, "the model", "--latency-batch")
+    check_batches(proto, [batch], "the model", "--latency-batch")
     given = input_shapes(proto, batch, shapes, source=original)
     feeds = random_feeds(proto, batch, shapes=given, source=original)
     sessions = [session(m, providers, threads) for m in (original, pruned)]

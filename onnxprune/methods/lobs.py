@@ -62,12 +62,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import ValidationError
 from ..graph import GraphIndex
 from ..layers import Layer, layer_weights, obs_layers, select, write_layer
 from ..plan import PruningPlan
+from ..progress import bar
 from ..stats import LayerStats, layer_waves
 from ..stats.linalg import prepare
 from .base import Method, MethodContext, PruneOptions
@@ -427,7 +427,7 @@ def _traces(ctx: MethodContext, settings: Settings, views: list[LayerView], upda
     stats = ctx.stats.hessians(ctx.model, layers, updates, settings.max_positions, settings.seed, description)
     return [
         trace_layer(v.layer, view_weights(v, layer_weights(ctx.index, v.model_layer)), stats.pop(v.node), settings)
-        for v in tqdm(views, "lobs layers", unit="layer", disable=not ctx.stats.settings.progress, leave=False)
+        for v in bar(views, desc=f"{description}: layer solves", unit="layer")
     ]
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..progress import bar
 from ..stats import OutputProbe
 
 #: densities of the grid: 2^(-j/2) down to a quarter of the target density (and the target itself)
@@ -92,7 +93,7 @@ def output_curves(
     """Per item (a layer's trace): the output error at each count of `grid(item)`, with the initializer
     values `updates(item, count)` fed in place of the model's."""
     curves = []
-    for item in items:
+    for item in bar(items, desc="lobs allocation probes", unit="layer"):
         counts = grid(item)
         errors = np.array([probe.error(updates(item, int(k))) for k in counts])
         curves.append(Curve(counts, errors))

@@ -40,6 +40,7 @@ import numpy as np
 from ..analysis.ops_recurrent import is_recurrent
 from ..errors import OptionError
 from ..plan import PruningPlan
+from ..progress import bar
 from .base import Method, MethodContext
 from .damage import GroupCurve, removable, saliency_curve
 from .merge_activation import NOT_GUARANTEED, UNKNOWN, group_activation
@@ -101,7 +102,8 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     removed_mask = np.zeros(ctx.analysis.num_channels + 1, dtype=bool)
     notes: dict = {}
     curves: dict[int, list[float]] = {}
-    for group in sorted(ctx.eligible_groups(), key=lambda g: _first_node(ctx, g)):
+    groups = sorted(ctx.eligible_groups(), key=lambda g: _first_node(ctx, g))
+    for group in bar(groups, desc="merge groups", unit="group"):
         result = merge_group(ctx, group, current, removed_mask, settings)
         removed_mask[list(result.removed)] = True
         notes[group.id] = result.note

@@ -39,6 +39,7 @@ import numpy as np
 from ..analysis import Group
 from ..layers import Layer, layer_weights, obs_layers, write_layer
 from ..plan import PruningPlan
+from ..progress import bar
 from ..stats import LayerStats, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
@@ -283,7 +284,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
                 consumers[layer.node].pending = uses[layer.node]
-        for task in wave:
+        for task in bar(wave, desc=f"obs groups {number + 1}/{len(waves)}", unit="group"):
             chosen, cost = prune_group(task, consumers, _step_size(task, consumers, forced))
             removed.update(chosen)
             scores.update(dict.fromkeys(chosen, 0.0))

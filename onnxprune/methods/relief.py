@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import OptionError
 from ..layers import Layer, Workspace, add_to_shift, affine, masking_layers, select, with_updates, zero_shift
 from ..plan import PruningPlan
+from ..progress import bar
 from ..stats import InputStats
 from .base import Method, MethodContext
 from .neurons import Removal, nonzero_params, remove_neurons
@@ -125,7 +126,10 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     space = Workspace(ctx.index)
     stats = ctx.stats.activity(ctx.model, targets, relief_weights=ctx.index)
     compensate = ctx.settings.relief_compensate
-    rows = [_mask_layer(t, space, stats[t.node], alpha_conv if t.is_conv else alpha_fc, compensate) for t in targets]
+    rows = [
+        _mask_layer(t, space, stats[t.node], alpha_conv if t.is_conv else alpha_fc, compensate)
+        for t in bar(targets, desc="relief layers", unit="layer")
+    ]
     masked = with_updates(ctx.model, space.changed())
     removal = remove_neurons(ctx, space, masked, views)
     plan = PruningPlan(frozenset(removal.removed), space.changed(), "relief")

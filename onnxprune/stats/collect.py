@@ -23,6 +23,7 @@ import onnx
 from .. import runtime
 from ..errors import CalibrationError
 from ..feeds import Dataset
+from ..progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ Accumulator = Callable[[np.ndarray], None]
 
 @dataclass(frozen=True)
 class CollectSettings:
-    """How a statistics pass runs: samples per onnxruntime batch, execution providers, a progress bar,
-    and for the Hessian sums the rows sampled per batch and layer (None: all) and the sampling seed."""
+    """How a statistics pass runs: samples per onnxruntime batch, execution providers, a progress bar
+    (None: as onnxprune.progress.showing says), and for the Hessian sums the rows sampled per batch and
+    layer (None: all) and the sampling seed."""
 
     batch_size: int = 32
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    progress: bool = False
+    progress: bool | None = None
     max_positions: int | None = None
     seed: int = 0
 
@@ -59,10 +61,11 @@ def collect(
     accumulators: dict[str, list[Accumulator]],
     batch_size: int = 32,
     providers: Iterable[str] = ("CPUExecutionProvider",),
-    progress: bool = False,
+    progress: bool | None = None,
     description: str = "calibration",
 ) -> int:
     """Run `data` through `model`; after each batch call accumulators[name](activation) for every name.
+    `progress`: a bar over the batches (None: as onnxprune.progress.showing says).
 
     Returns the number of samples seen. Raises CalibrationError when an activation is not finite.
     """
@@ -77,7 +80,7 @@ def collect(
     batches = data.batches(max(1, batch_size))
     total = (len(data) + batch_size - 1) // batch_size
     runner = ReusedOutputs(sess)
-    for batch in _progress(batches, total, progress, description):
+    for batch in bar(batches, total, description, "batch", enabled=progress):
         values = dict(zip(output_names, runner(batch), strict=True))
         for name in names:
             value = values[name] if name in values else np.asarray(batch[name])
@@ -125,11 +128,3 @@ class ReusedOutputs:
         for name, array in zip(self.outputs, arrays, strict=True):
             binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         return binding
-
-
-def _progress(iterable, total: int, enabled: bool, description: str):
-    if not enabled or total <= 1:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=description, unit="batch", leave=False)

@@ -13,15 +13,17 @@ lists every onnxruntime pass made, for the report.
 
 from __future__ import annotations
 
-import time
+import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .. import progress
 from ..feeds import Dataset
 from ..graph import GraphIndex
 from ..layers import Layer
@@ -34,6 +36,8 @@ from .probe import OutputProbe
 KINDS = ("hessian", "activity", "ranges", "outputs")
 #: activity and range results kept for reuse (each holds its model alive: its id cannot be reused)
 CACHED = 4
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,8 @@ class Statistics:
         updates applied, paired with `model` itself, the target of --sequential), keyed by node."""
         self._allow("hessian")
         settings = replace(self.settings, max_positions=max_positions, seed=seed)
-        start = time.perf_counter()
-        result = collect_on_updated(model, list(layers), self.data, dict(updates or {}), settings, description)
-        self._log("hessian", description, len(layers), start)
-        return result
+        with self._pass("hessian", description, len(layers)):
+            return collect_on_updated(model, list(layers), self.data, dict(updates or {}), settings, description)
 
     def activity(
         self, model: onnx.ModelProto, layers: Sequence[Layer], relief_weights: GraphIndex | None = None
@@ -118,10 +120,8 @@ class Statistics:
         """A session that measures the model's outputs on `samples` calibration samples with the
         initializers `names` replaced (its reference outputs are computed once, here)."""
         self._allow("outputs")
-        start = time.perf_counter()
-        probe = OutputProbe(model, names, self.data.take(samples), self.settings.batch_size, self.settings.providers)
-        self._log("outputs", "output probe", len(names), start)
-        return probe
+        with self._pass("outputs", "output probe", len(names)):
+            return OutputProbe(model, names, self.data.take(samples), self.settings.batch_size, self.settings.providers)
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def _allow(self, kind: str) -> None:
@@ -141,14 +141,16 @@ class Statistics:
         if full_key in cache:
             cache.move_to_end(full_key)
             return dict(cache[full_key][1])
-        start = time.perf_counter()
-        result = run()
-        self._log(kind, description, layers, start)
+        with self._pass(kind, description, layers):
+            result = run()
         cache[full_key] = (subject, result)
         while len(cache) > CACHED:
             cache.popitem(last=False)
         return dict(result)
 
-    def _log(self, kind: str, description: str, layers: int, start: float) -> None:
-        seconds = round(time.perf_counter() - start, 4)
-        self.log.append(Collection(kind, description, layers, len(self.data), seconds))
+    @contextmanager
+    def _pass(self, kind: str, description: str, layers: int) -> Iterator[None]:
+        """One onnxruntime pass: logged as a stage (onnxprune.progress) and recorded in `log`."""
+        with progress.stage(log, f"statistics: {description}", layers=layers, samples=len(self.data)) as stage:
+            yield
+        self.log.append(Collection(kind, description, layers, len(self.data), round(stage.seconds, 4)))
