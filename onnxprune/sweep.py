@@ -82,6 +82,7 @@ class Row:
     """One pruned model of the sweep, measured against the original (see the module docstring)."""
 
     method: str
+    label: str
     point: str
     params_kept: float
     nonzero_kept: float
@@ -126,10 +127,10 @@ class SweepResult:
         """Methods whose every point gave the same sizes: the points do not steer them (e.g. relief,
         whose amount is set by --alpha, not --ratio)."""
         found = []
-        for method in dict.fromkeys(r.method for r in self.rows):
-            sizes = {(r.params_kept, r.nonzero_kept) for r in self.rows if r.method == method}
-            if len(sizes) == 1 and sum(r.method == method for r in self.rows) > 1:
-                found.append(method)
+        for label in dict.fromkeys(r.label for r in self.rows):
+            sizes = {(r.params_kept, r.nonzero_kept) for r in self.rows if r.label == label}
+            if len(sizes) == 1 and sum(r.label == label for r in self.rows) > 1:
+                found.append(label)
         return found
 
 
@@ -194,7 +195,8 @@ def sweep(
             path = kept.get((chain, point.label))
             if path is not None:
                 result.save(path)
-            rows.append(_row(chain, point.label, report, timing.ratio(result.model), seconds, path))
+            label = _label(chain, extras[chain])
+            rows.append(_row(chain, label, point.label, report, timing.ratio(result.model), seconds, path))
             first = first or report
     return SweepResult(_baseline(model, first, timing), tuple(rows))
 
@@ -277,11 +279,21 @@ def _worst(outputs: dict, key: str, pick) -> float | None:
     return pick(values) if values else None
 
 
-def _row(method: str, point: str, report: dict, latency: float, seconds: float, path: Path | None) -> Row:
+def _label(chain: str, extra: Mapping) -> str:
+    """The chain and the method options it got, as a user would type them: 'obs --sequential'."""
+    words = [chain]
+    for name, value in extra.items():
+        flag = "--" + name.replace("_", "-")
+        words.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(words)
+
+
+def _row(method: str, label: str, point: str, report: dict, latency: float, seconds: float, path) -> Row:
     validation = report["validation"]
     outputs = validation["outputs"]
     return Row(
         method=method,
+        label=label,
         point=point,
         params_kept=report["params_after"] / report["params_before"],
         nonzero_kept=report["nonzero_params_after"] / report["params_before"],
@@ -313,7 +325,7 @@ def _baseline(model: Path, report: dict, timing: _Timing) -> Baseline:
 
 # ---- presentation -------------------------------------------------------------------------------
 _COLUMNS = (
-    ("method", "{:<{w}}", "method"),
+    ("label", "{:<{w}}", "method"),
     ("point", "{:>{w}}", "ratio"),
     ("params_kept", "{:>{w}.3f}", "params"),
     ("nonzero_kept", "{:>{w}.3f}", "nonzero"),
@@ -333,7 +345,7 @@ def table(result: SweepResult) -> list[str]:
     base = result.baseline
     columns = [c for c in _COLUMNS if c[0] != "accuracy" or result.has_accuracy]
     cells = [[c[2] for c in columns]]
-    original = {"method": "original", "point": "-", "accuracy": base.accuracy}
+    original = {"label": "original", "point": "-", "accuracy": base.accuracy}
     for values in [original] + [asdict(r) for r in result.rows]:
         line = []
         for key, fmt, _ in columns:
@@ -370,8 +382,9 @@ def check_plot_path(path: Path, inputs: dict[str, list[Path]]) -> None:
 
 def plot(result: SweepResult, path: str | Path) -> None:
     """Three panels: accuracy (or the worst output's relative L2 drift without labels) against the
-    nonzero parameters, the MACs and the measured latency kept; one curve per method, the original as
-    a star at 1. Written atomically as PNG with matplotlib's Agg canvas (no display needed)."""
+    nonzero parameters, the MACs and the measured latency kept; one curve per method and its options
+    (joined in the order of the points), the original as a star at 1. Written atomically as PNG with
+    matplotlib's Agg canvas (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -389,10 +402,10 @@ def plot(result: SweepResult, path: str | Path) -> None:
     axes = figure.subplots(1, 3, sharey=True)
     original = result.baseline.accuracy if labels else 0.0
     for ax, (x_key, x_label) in zip(axes, panels, strict=True):
-        for method in dict.fromkeys(r.method for r in result.rows):
-            rows = sorted((r for r in result.rows if r.method == method), key=lambda r: getattr(r, x_key))
+        for label in dict.fromkeys(r.label for r in result.rows):
+            rows = [r for r in result.rows if r.label == label]  # in the order of the points
             xs, ys = [getattr(r, x_key) for r in rows], [getattr(r, y_key) for r in rows]
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, marker="o", label=label)
             for r, x, y in zip(rows, xs, ys, strict=True):
                 ax.annotate(r.point, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         if original is not None and not math.isnan(original):

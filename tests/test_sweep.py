@@ -112,3 +112,11 @@ def test_a_method_the_points_do_not_steer_is_noted():
     result = sweep(MLP, ["relief"], parse_ratios("0.3,0.6"), calibration=CALIB, repeats=3)
     assert result.unchanged_methods() == ["relief"]
     assert any(line.startswith("note") and "relief" in line for line in table(result))
+
+
+def test_method_options_go_to_the_methods_that_take_them(capsys):
+    result = _sweep_json(
+        capsys, "--method", "magnitude", "--method", "wanda", "--structured", "--ratios", "0.5", "--calib", CALIB
+    )
+    assert [r["label"] for r in result["rows"]] == ["magnitude", "wanda --structured"]
+    assert result["rows"][1]["params_kept"] < 1  # whole channels went: --structured reached wanda
