@@ -96,6 +96,14 @@ def row(label: str, result: dict | None, timeout: float) -> str:
     )
 
 
+def _size(path: Path) -> tuple[int, int]:
+    """Parameters and MACs of the model as onnxprune counts them."""
+    from onnxprune import inspect_model
+
+    totals = inspect_model(path)[1]
+    return totals["params"], totals["macs"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -115,7 +123,9 @@ def main() -> None:
         np.savez(images, image=x)
         del x
         wall = time.perf_counter()
-        print(f"ResNet-50-sized model, {args.images} random images 3x224x224 (batch {args.batch_size}), CPU provider,")
+        params, macs = _size(model)
+        print(f"ResNet-50-sized model ({params:,} params, {macs:,} MACs), {args.images} random images 3x224x224")
+        print(f"(batch {args.batch_size}), CPU provider,")
         print(f"--ratio {args.ratio} unless the row says otherwise (relief: its alpha defaults), no validation;")
         print("kept = share of the original; load average at the start: " + ", ".join(map(str, os.getloadavg())) + "\n")
         print("| method | seconds | params kept | nonzero kept | MACs kept | file kept | file kept, --sparse-storage |")

@@ -357,8 +357,8 @@ def table(result: SweepResult) -> list[str]:
         f"model      {base.model}: {base.params:,} params, {base.macs:,} MACs, {base.latency_ms:.3f} ms at batch "
         f"{base.latency_batch}",
         f"validated  on {base.samples} samples of {base.validation_source}",
-        f"columns    params/nonzero/MACs kept and latency as shares of the original's (latency: median of "
-        f"{base.repeats} runs, 3 rounds against the original); drift: the worst output",
+        f"columns    sizes and latency as shares of the original's (latency: median of {base.repeats} runs, "
+        "3 rounds); drift of the worst output",
         "",
     ]
     for row in cells:
