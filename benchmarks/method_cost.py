@@ -127,7 +127,8 @@ def main() -> None:
         print(f"ResNet-50-sized model ({params:,} params, {macs:,} MACs), {args.images} random images 3x224x224")
         print(f"(batch {args.batch_size}), CPU provider,")
         print(f"--ratio {args.ratio} unless the row says otherwise (relief: its alpha defaults), no validation;")
-        print("kept = share of the original; load average at the start: " + ", ".join(map(str, os.getloadavg())) + "\n")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"kept = share of the original; load average at the start: {load}\n")
         print("| method | seconds | params kept | nonzero kept | MACs kept | file kept | file kept, --sparse-storage |")
         print("|---|---|---|---|---|---|---|")
         for label, method, extra, ratio in chosen:
