@@ -85,8 +85,8 @@ def inspect(model: Path, as_json: bool) -> None:
         click.echo("\n".join(inspect_table(analysis, totals)))
 
 
-def _method_option_decorators(func):
-    for option in reversed(method_options()):
+def _method_option_decorators(func, skip: frozenset[str] = frozenset()):
+    for option in reversed([o for o in method_options() if o.dest not in skip]):
         kwargs = {"default": option.default, "help": option.help, "show_default": True}
         if option.is_flag:
             kwargs["is_flag"] = True
@@ -386,6 +386,62 @@ def bench_command(
             for b in sizes
         ]
     click.echo(json.dumps(bench_json(rows), indent=1) if as_json else "\n".join(table(rows)))
+
+
+@cli.command(name="sweep")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    default=("magnitude",),
+    show_default=True,
+    help="A method or a comma chain (merge,obs: one chain, --ratio applied at each step). Give --method "
+    "several times to compare: one line each in the table, one curve each in the plot.",
+)
+@click.option("--ratios", default="0.1,0.3,0.5", show_default=True, help="Fractions to remove, each in (0, 1).")
+@click.option("--calib", default=None, type=click.Path(path_type=Path), help="Calibration data (as for prune).")
+@click.option("--calib-samples", default=256, show_default=True, type=int)
+@click.option(
+    "--validate-data",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Data every point is compared on (default: calibration data, else random inputs).",
+)
+@click.option("--validate-samples", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Batch size of onnxruntime runs.")
+@click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--plot", "plot_path", default=None, type=click.Path(path_type=Path), help="Write the curves as PNG.")
+@click.option("--keep-dir", default=None, type=click.Path(path_type=Path), help="Also write every pruned model here.")
+@click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs per latency (median).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of the table.")
+@_INPUT_SHAPE
+@lambda func: _method_option_decorators(func, skip=frozenset({"plot"}))  # sweep's --plot is the curve
+def sweep_command(model: Path, methods, ratios: str, calib, calib_samples: int, validate_data, validate_samples: int,
+                  batch_size: int, providers: str, plot_path, keep_dir, repeats: int, as_json: bool, input_shape,
+                  **extra) -> None:  # fmt: skip
+    """Prune MODEL at each ratio with each --method, validate and time every result, print a table and
+    plot accuracy (or drift) against params, MACs and latency kept. Writes no model unless --keep-dir."""
+    from .sweep import check_plot_path, parse_ratios, plot, sweep, table
+
+    points = parse_ratios(ratios)
+    if plot_path is not None:
+        check_plot_path(plot_path, {"model": preflight.model_files(model)})
+    given = click.get_current_context().get_parameter_source
+    chosen = {name: value for name, value in extra.items() if given(name) is not ParameterSource.DEFAULT}
+    pipeline = PipelineOptions(
+        calib_samples=calib_samples,
+        validate_samples=validate_samples,
+        providers=providers,
+        batch_size=batch_size,
+        progress=sys.stderr.isatty(),
+        input_shapes=preflight.parse_input_shapes(input_shape),
+    )
+    options = PruneOptions(extra=chosen)
+    result = sweep(model, methods, points, options, calib, validate_data, pipeline, keep_dir, repeats)
+    if plot_path is not None:
+        plot(result, plot_path)
+    click.echo(json.dumps(result.as_dict(), indent=1) if as_json else "\n".join(table(result)))
 
 
 def main(argv: list[str] | None = None) -> None:
