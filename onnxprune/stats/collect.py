@@ -6,7 +6,8 @@ default (CollectSettings.optimize): onnxruntime never fuses away a tensor that i
 Conv whose output is exposed is not folded with its BatchNormalization, a fused Conv+Relu still writes
 the exposed Relu output), so the exposed values are those of the unoptimized graph up to the rounding
 of the optimized kernels (relative 1e-6 in float32; tests/test_obs_speed.py), at about 0.7x the time.
-Nothing is kept between batches: memory is one batch of activations plus whatever the accumulators hold (Hessians, sums).
+Only the nodes the exposed tensors depend on run (computing). Nothing is kept between batches: memory
+is one batch of activations plus whatever the accumulators hold (Hessians, sums).
 
 The exposed outputs of a batch are written into the arrays of the previous batch of the same input
 shapes (onnxruntime I/O binding): fresh output arrays cost a page fault per 4 KiB, which for the ~1 GB
@@ -58,6 +59,36 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return exposed
 
 
+def computing(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that computes `names` and nothing else (the graph outputs when `names` is
+    empty): its outputs are `names` (graph outputs among them keep their types), its nodes those the
+    names depend on, its initializers those the nodes read. A statistics pass of the first layers of
+    a network then skips the rest of it. A graph with subgraphs (If, Loop, Scan: their bodies read
+    outer tensors by name) keeps every node."""
+    graph = model.graph
+    names = list(dict.fromkeys(names)) or [o.name for o in graph.output]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return with_outputs(model, names)
+    needed, kept = set(names), []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    typed = [o for o in graph.output if o.name in needed]
+    for field, values in (
+        ("node", reversed(kept)),
+        ("initializer", [t for t in graph.initializer if t.name in needed]),
+        ("sparse_initializer", [t for t in graph.sparse_initializer if t.values.name in needed]),
+        ("value_info", [v for v in graph.value_info if v.name in needed]),
+        ("output", typed),
+    ):
+        del getattr(out.graph, field)[:]
+        getattr(out.graph, field).extend(values)
+    return with_outputs(out, names)
+
+
 def collect(
     model: onnx.ModelProto,
     data: Dataset,
@@ -78,7 +109,7 @@ def collect(
     names = list(accumulators)
     graph_inputs = {i.name for i in model.graph.input}
     exposed = [n for n in names if n not in graph_inputs]  # graph inputs are read from the batch
-    sess = runtime.session(with_outputs(model, exposed), list(providers), optimize=optimize, spin=False)
+    sess = runtime.session(computing(model, exposed), list(providers), optimize=optimize, spin=False)
     output_names = [o.name for o in sess.get_outputs()]
     batches = data.batches(max(1, batch_size))
     total = (len(data) + batch_size - 1) // batch_size

@@ -83,14 +83,17 @@ class Statistics:
         max_positions: int | None = None,
         seed: int = 0,
         description: str = "hessians",
+        samples: int | None = None,
     ) -> dict[str, LayerStats]:
         """Input statistics of `layers` (H, and with `updates` C and H_ref: taken on `model` with the
-        updates applied, paired with `model` itself, the target of --sequential), keyed by node."""
+        updates applied, paired with `model` itself, the target of --sequential), keyed by node; on the
+        first `samples` calibration samples when given (all by default)."""
         self._allow("hessian")
         settings = replace(self.settings, max_positions=max_positions, seed=seed)
         start = time.perf_counter()
-        result = collect_on_updated(model, list(layers), self.data, dict(updates or {}), settings, description)
-        self._log("hessian", description, len(layers), start)
+        data = self.data if samples is None else self.data.take(samples)
+        result = collect_on_updated(model, list(layers), data, dict(updates or {}), settings, description)
+        self._log("hessian", description, len(layers), start, len(data))
         return result
 
     def activity(
@@ -149,6 +152,6 @@ class Statistics:
             cache.popitem(last=False)
         return dict(result)
 
-    def _log(self, kind: str, description: str, layers: int, start: float) -> None:
+    def _log(self, kind: str, description: str, layers: int, start: float, samples: int | None = None) -> None:
         seconds = round(time.perf_counter() - start, 4)
-        self.log.append(Collection(kind, description, layers, len(self.data), seconds))
+        self.log.append(Collection(kind, description, layers, len(self.data) if samples is None else samples, seconds))
