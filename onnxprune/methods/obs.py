@@ -44,7 +44,7 @@ from ..stats import LayerStats, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
 from .damage import LAYER_ERROR, GroupCurve, removable
-from .obs_settings import SHARED_OPTIONS, Settings
+from .obs_settings import SHARED_OPTIONS, Settings, choose_sequential, stages
 from .options import MethodOption
 from .select import keep_count, repair_empty
 
@@ -267,7 +267,9 @@ def _decide(ctx: MethodContext) -> PruningPlan:
                 notes[group.id] = {"skipped": task}
         else:
             tasks.append(task)
-    waves = _group_waves(ctx, tasks, layers) if settings.sequential else [tasks]
+    depth_waves = _group_waves(ctx, tasks, layers)
+    sequential = choose_sequential(settings.sequential, len(depth_waves))
+    waves = stages(depth_waves, settings.sequential_passes) if sequential else [tasks]
     uses = Counter(name for task in tasks for name in task.consumers)
     consumers: dict[str, Consumer] = {}
     updates: dict[str, np.ndarray] = {}
@@ -279,7 +281,10 @@ def _decide(ctx: MethodContext) -> PruningPlan:
         if needed:
             passes += 1
             description = f"obs statistics {number + 1}/{len(waves)}"
-            stats = ctx.stats.hessians(ctx.model, needed, updates, settings.max_positions, settings.seed, description)
+            samples = settings.sequential_samples if updates else None
+            stats = ctx.stats.hessians(
+                ctx.model, needed, updates, settings.max_positions, settings.seed, description, samples
+            )
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
@@ -294,12 +299,21 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     removed = repair_empty(ctx.analysis, removed, scores)
     notes["layers"] = [c.note() for c in consumers.values()]
     notes["statistics_passes"] = passes
+    notes["sequential"] = {
+        "on": sequential,
+        "chosen": "auto" if settings.sequential is None else "given",
+        "waves": len(depth_waves),
+        "passes": passes,
+    }
     return PruningPlan(frozenset(removed), updates, "obs", notes)
 
 
 def _group_waves(ctx: MethodContext, tasks: list[GroupTask], layers: dict[str, Layer]) -> list[list[GroupTask]]:
-    """--sequential: groups ordered by the depth of their shallowest consumer; one statistics pass per
-    depth, on the model with the earlier groups' compensation applied."""
+    """Groups by the depth of their shallowest consumer. --sequential (obs_settings.choose_sequential)
+    makes a statistics pass per run of consecutive depths (obs_settings.stages, at most
+    --sequential-passes), on the first --sequential-samples samples of the model with the earlier
+    runs' compensation applied; each pass runs only the nodes its layers' inputs depend on
+    (stats.collect.computing) and collects only the consumers not started before."""
     used = [layers[n] for n in dict.fromkeys(n for t in tasks for n in t.consumers)]
     depth = {layer.node: k for k, wave in enumerate(layer_waves(ctx.index, used)) for layer in wave}
     waves: dict[int, list[GroupTask]] = {}

@@ -201,4 +201,5 @@ def _collect(model, data: Dataset, accumulators: dict[str, list], settings: Coll
         providers=settings.providers,
         progress=settings.progress,
         description=description,
+        optimize=settings.optimize,
     )

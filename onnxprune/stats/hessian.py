@@ -284,7 +284,16 @@ def collect_stats(
         run_model = paired_model(model, reference)
     if not sums:
         return {}
-    collect(run_model, data, accumulators, settings.batch_size, settings.providers, settings.progress, description)
+    collect(
+        run_model,
+        data,
+        accumulators,
+        settings.batch_size,
+        settings.providers,
+        settings.progress,
+        description,
+        settings.optimize,
+    )
     if reference is None:
         return {name: LayerStats(s.hessian()) for name, s in sums.items()}
     return {name: s.stats() for name, s in sums.items()}

@@ -87,13 +87,16 @@ class Statistics:
         max_positions: int | None = None,
         seed: int = 0,
         description: str = "hessians",
+        samples: int | None = None,
     ) -> dict[str, LayerStats]:
         """Input statistics of `layers` (H, and with `updates` C and H_ref: taken on `model` with the
-        updates applied, paired with `model` itself, the target of --sequential), keyed by node."""
+        updates applied, paired with `model` itself, the target of --sequential), keyed by node; on the
+        first `samples` calibration samples when given (all by default)."""
         self._allow("hessian")
         settings = replace(self.settings, max_positions=max_positions, seed=seed)
-        with self._pass("hessian", description, len(layers)):
-            return collect_on_updated(model, list(layers), self.data, dict(updates or {}), settings, description)
+        data = self.data if samples is None else self.data.take(samples)
+        with self._pass("hessian", description, len(layers), len(data)):
+            return collect_on_updated(model, list(layers), data, dict(updates or {}), settings, description)
 
     def activity(
         self, model: onnx.ModelProto, layers: Sequence[Layer], relief_weights: GraphIndex | None = None
@@ -149,8 +152,10 @@ class Statistics:
         return dict(result)
 
     @contextmanager
-    def _pass(self, kind: str, description: str, layers: int) -> Iterator[None]:
-        """One onnxruntime pass: logged as a stage (onnxprune.progress) and recorded in `log`."""
-        with progress.stage(log, f"statistics: {description}", layers=layers, samples=len(self.data)) as stage:
+    def _pass(self, kind: str, description: str, layers: int, samples: int | None = None) -> Iterator[None]:
+        """One onnxruntime pass over `samples` (default all): logged as a stage (onnxprune.progress) and
+        recorded in `log`."""
+        samples = len(self.data) if samples is None else samples
+        with progress.stage(log, f"statistics: {description}", layers=layers, samples=samples) as stage:
             yield
-        self.log.append(Collection(kind, description, layers, len(self.data), round(stage.seconds, 4)))
+        self.log.append(Collection(kind, description, layers, samples, round(stage.seconds, 4)))

@@ -1,0 +1,116 @@
+"""obs --sequential by default where depth needs it, its passes grouped and subsampled, and statistics
+passes that run only the nodes the collected layers depend on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import Builder, run_session
+
+from onnxprune import PruneOptions, prune
+from onnxprune.feeds import Dataset
+from onnxprune.graph import GraphIndex
+from onnxprune.io import make_tensor, tensor_array
+from onnxprune.layers import obs_layers
+from onnxprune.methods.obs_settings import AUTO_MIN_WAVES, choose_sequential, stages
+from onnxprune.stats import CollectSettings
+from onnxprune.stats.collect import computing
+from onnxprune.stats.hessian import collect_stats, input_rows
+
+
+@pytest.mark.parametrize(
+    ("requested", "waves", "expected"),
+    [(None, 1, False), (None, AUTO_MIN_WAVES - 1, False), (None, AUTO_MIN_WAVES, True), (None, 12, True),
+     (True, 1, True), (False, 12, False)],
+)  # fmt: skip
+def test_the_default_is_sequential_from_the_auto_depth_on(requested, waves, expected):
+    assert choose_sequential(requested, waves) is expected
+
+
+@pytest.mark.parametrize(("count", "passes", "sizes"), [(10, 4, [2, 3, 3, 2]), (3, 4, [1, 1, 1]), (5, 0, [1] * 5)])
+def test_stages_group_consecutive_waves_into_at_most_the_passes(count, passes, sizes):
+    waves = [[f"w{i}a", f"w{i}b"] for i in range(count)]
+    runs = stages(waves, passes)
+    assert [len(r) // 2 for r in runs] == sizes
+    assert [item for run in runs for item in run] == [item for wave in waves for item in wave]  # order kept
+
+
+def _chain(depth: int):
+    """x -> (Conv 3x3 + Relu) x depth -> GlobalAveragePool -> Gemm: `depth` waves of prunable groups."""
+    b = Builder(seed=5)
+    y = b.input("x", ["N", 2, 6, 6])
+    channels = 2
+    for i in range(depth):
+        y = b.relu(b.conv(y, channels, 6, 3, name=f"c{i}"))
+        channels = 6
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])])
+    b.output(b.gemm(y, 6, 3, name="head"))
+    return b.model()
+
+
+def _data(n: int = 40) -> dict:
+    return {"x": np.random.default_rng(1).standard_normal((n, 2, 6, 6)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(("depth", "expected"), [(1, False), (AUTO_MIN_WAVES, True), (5, True)])
+def test_obs_picks_sequential_by_depth_and_the_flags_override_it(depth, expected):
+    model = _chain(depth)
+    step = prune(model, "obs", PruneOptions(ratio=0.5), calibration=_data(), run_validation=False).report["steps"][0]
+    assert step["sequential"] == {
+        "on": expected,
+        "chosen": "auto",
+        "waves": depth,
+        "passes": min(depth, 4) if expected else 1,
+    }
+    for flag in (True, False):
+        options = PruneOptions(ratio=0.5, extra={"sequential": flag})
+        step = prune(model, "obs", options, calibration=_data(), run_validation=False).report["steps"][0]
+        assert step["sequential"]["on"] is flag and step["sequential"]["chosen"] == "given"
+
+
+def test_sequential_passes_cap_the_statistics_passes():
+    options = PruneOptions(ratio=0.5, extra={"sequential": True, "sequential_passes": 2, "sequential_samples": 16})
+    result = prune(_chain(5), "obs", options, calibration=_data(), run_validation=False)
+    assert result.report["steps"][0]["sequential"]["passes"] == 2
+    passes = [p for p in result.report["statistics"] if p["kind"] == "hessian"]
+    assert [p["samples"] for p in passes] == [40, 16]  # the pass after the first runs on the subsample
+
+
+def test_a_statistics_pass_runs_only_the_nodes_its_tensors_need():
+    model = _chain(5)
+    names = ["c1_out"]
+    small = computing(model, names)
+    assert [(n.op_type, n.name if n.op_type == "Conv" else "") for n in small.graph.node] == [
+        ("Conv", "c0"),
+        ("Relu", ""),
+        ("Conv", "c1"),
+    ]  # nothing after c1
+    assert {t.name for t in small.graph.initializer} == {"c0.w", "c0.b", "c1.w", "c1.b"}
+    assert [o.name for o in small.graph.output] == names
+    feeds = _data(4)
+    full = computing(model, ["c1_out", model.graph.output[0].name])
+    values = dict(zip([o.name for o in full.graph.output], run_session(full, feeds), strict=True))
+    np.testing.assert_array_equal(run_session(small, feeds)[0], values["c1_out"])
+
+
+def test_truncated_paired_statistics_equal_the_oracle_of_full_runs():
+    """The sequential re-collection of a shallow layer (working model with other weights, paired with
+    the original) gives H, C, H_ref of the rows the complete models compute."""
+    model, other = _chain(4), _chain(4)
+    for tensor in other.graph.initializer:
+        if tensor.name == "c0.w":
+            tensor.CopyFrom(make_tensor(tensor_array(tensor) * 0.7, tensor.name))
+    layers = obs_layers(GraphIndex.build(model))[0]
+    layer = layers["c2"]
+    data = _data(12)
+    stats = collect_stats(other, [layer], Dataset(data), model, CollectSettings(batch_size=5, optimize=False))["c2"]
+    rows = {}
+    for key, m in (("working", other), ("reference", model)):
+        x = run_session(computing(m, [layer.input]), data)[0]
+        r = input_rows(layer, x, None, np.random.default_rng(0))[0]
+        rows[key] = np.hstack([r, np.ones((len(r), 1))]).astype(np.float64)
+    n = len(rows["working"])
+    np.testing.assert_allclose(stats.hessian[0], rows["working"].T @ rows["working"] / n, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats.cross[0], rows["working"].T @ rows["reference"] / n, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats.reference[0], rows["reference"].T @ rows["reference"] / n, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(stats.hessian, stats.reference)
