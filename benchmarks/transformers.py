@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from onnxprune import PruneOptions, prune
+from onnxprune.errors import OnnxPruneError
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "transformers"
 
@@ -199,7 +200,11 @@ def real(args) -> None:
         for form, variant in forms.items():
             if variant is None:
                 continue
-            analysis, totals = inspect_model(variant)
+            try:
+                analysis, totals = inspect_model(variant)
+            except OnnxPruneError as exc:  # the optimizer's LayerNormalization in an opset-12 model
+                print(f"\n[{form}] refused: {exc}")
+                continue
             include = [g for g in analysis.prunable_groups() if any(re.search("MatMul", p.node) for p in g.producers)]
             heads = [g for g in include if "head" in g.unit]
             exact, chars = read_back(onnx.load(str(variant)), check_images, check_text, alphabet)

@@ -13,7 +13,8 @@ Tensors whose rank is unknown or that have a dim that is neither a number nor a 
 what neither fallback types stays unknown, and `sources[name]` says what was tried. A dim ONNX inference
 named with a symbol of its own (`unk__27`: a Reshape's -1 on symbolic inputs whose batch symbols it lost
 track of) becomes what the symbolic tool finds for it: a number (the merged width of a multi-head
-attention's output) or a symbol it shares with the dims it equals; no run is made for those alone.
+attention's output) or a symbol it shares with the dims it equals; every other symbolic dim takes the
+tool's name too, so that equal dims have one name. No run is made for those alone.
 """
 
 from __future__ import annotations
