@@ -33,9 +33,9 @@ from .methods.options import unused_options
 from .methods.registry import METHODS, get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
-from .passes.unshare import UNSHARE_CONSTANTS
+from .passes.unshare import UNSHARE_CONSTANTS, UNSHARE_VECTORS
 from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
-from .report import build_report, group_rows, write_json
+from .report import build_report, compose_io_changes, group_rows, io_changes, write_json
 from .stats import CollectSettings, Statistics
 from .validate import random_dataset, validate
 
@@ -91,6 +91,7 @@ class Step:
     params_after: int
     nonzero_params_after: int
     validation: dict | None = None
+    changed_io: list[dict] = field(default_factory=list)  # graph inputs/outputs resized (report.io_changes)
 
     def as_report(self) -> dict:
         row = {
@@ -185,14 +186,16 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
     checks = data.validation
     steps: list[Step] = []
     plan_steps: list[PlanStep] = []
+    changed_io: list[dict] = []
     runs = [(m, i) for m in methods for i in range(pipeline.iterations if m.needs_data else 1)]
     goals = _goals(options.target, [m for m, _ in runs], source.summary)
     for (meth, iteration), goal in zip(runs, goals, strict=True):
         if goal is not None and goal.origin is None and steps and options.target.kind == "latency":
             goal = replace(goal, origin=_latency_origin(steps))
         current, step, plan_step = _run_step(current, meth, options, stats, timer, goal, providers)
+        changed_io = compose_io_changes(changed_io, step.changed_io)
         if pipeline.iterations > 1 and meth.needs_data and checks is not None:
-            step = replace(step, validation=_validate(source, current, checks, providers))
+            step = replace(step, validation=_validate(source, current, checks, providers, changed_io))
         steps.append(replace(step, iteration=iteration + 1))
         plan_steps.append(plan_step)
     macs_after = model_macs(GraphIndex.build(current))  # before sparse storage hides the weights' shapes
@@ -202,7 +205,7 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
     validation = None
     if checks is not None:
         with timer("validate", samples=len(checks), data=data.notes["validation"]["kind"]):
-            validation = _validate(source, current, checks, providers)
+            validation = _validate(source, current, checks, providers, changed_io)
     report = build_report(
         method=",".join(m.name for m in methods),
         options=options,
@@ -216,6 +219,7 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
         data=data.notes,
         statistics=[p.as_dict() for p in stats.passes] if stats is not None else [],
         seconds=timer.seconds,
+        changed_io=changed_io,
     )
     report["model"] = source.name
     if options.target is not None:
@@ -278,8 +282,9 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _prologue(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constants folded, small shared integer constants given a copy per reader, dead nodes removed."""
-    return PassManager([FOLD_CONSTANTS, UNSHARE_CONSTANTS, CLEANUP]).run(model)
+    """Constants folded, shared shape vectors and small shared integer constants given a copy per
+    reader, dead nodes removed."""
+    return PassManager([FOLD_CONSTANTS, UNSHARE_VECTORS, UNSHARE_CONSTANTS, CLEANUP]).run(model)
 
 
 def _methods(method: str) -> list[Method]:
@@ -338,8 +343,9 @@ def _run_step(model, meth, options, stats, timer, goal: StepTarget | None = None
     with timer("shrink", removed=len(plan.removed)):
         pruned = PassManager([shrink_pass(analysis, plan), CLEANUP, CHECK]).run(model)
     step = Step(
-        meth.name, 1, plan, group_rows(analysis, plan), io.count_params(pruned), io.count_nonzero_params(pruned)
-    )
+        meth.name, 1, plan, group_rows(analysis, plan), io.count_params(pruned), io.count_nonzero_params(pruned),
+        changed_io=io_changes(analysis, plan),
+    )  # fmt: skip
     return pruned, step, PlanStep(meth.name, meth.prepasses, fingerprint(analysis), plan)
 
 
@@ -396,8 +402,11 @@ def _data(calibration, validation_data, model: onnx.ModelProto, runnable, method
     return data
 
 
-def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers) -> dict:
-    return validate(source.reference, model, checks.feeds, checks.labels, list(providers), signature=source.signature)
+def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers, changed_io=()) -> dict:
+    kept = {c["name"]: (c["axis"], c["kept"]) for c in changed_io}
+    return validate(
+        source.reference, model, checks.feeds, checks.labels, list(providers), signature=source.signature, kept=kept
+    )
 
 
 def _check_finite(plan: PruningPlan) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from . import datasplit, io
 from .analysis import Analysis
+from .analysis.rewrites import IoDim
 from .plan import PruningPlan, jsonable
 
 
@@ -32,9 +35,40 @@ def group_rows(analysis: Analysis, plan: PruningPlan | None = None) -> list[dict
     return rows
 
 
+def io_changes(analysis: Analysis, plan: PruningPlan) -> list[dict]:
+    """Graph inputs and outputs whose size changes with the heads removed (KV caches): name, kind
+    ("input"/"output"), axis, size before and after, and the positions kept (a caller feeds a past cache
+    sliced to them, and reads the present one at them)."""
+    removed = plan.removed_mask(analysis.num_channels)
+    changes = []
+    for record in analysis.rewrites:
+        if not isinstance(record, IoDim):
+            continue
+        ids = analysis.tensor_labels[record.tensor]
+        moved = np.moveaxis(ids, record.axis, 0).reshape(ids.shape[record.axis], -1)
+        kept = np.flatnonzero(~(removed[moved] & (moved >= 0)).all(axis=1))
+        if len(kept) < len(moved):
+            changes.append({"name": record.tensor, "kind": record.kind, "axis": record.axis,
+                            "before": len(moved), "after": len(kept), "kept": kept.tolist()})  # fmt: skip
+    return changes
+
+
+def compose_io_changes(first: list[dict], then: list[dict]) -> list[dict]:
+    """The changes of two steps in a row as one (positions kept by `then` index those `first` kept)."""
+    merged = {(c["name"], c["axis"]): dict(c) for c in first}
+    for change in then:
+        key = (change["name"], change["axis"])
+        if key in merged:
+            earlier = merged[key]
+            change = {**change, "before": earlier["before"], "kept": [earlier["kept"][k] for k in change["kept"]]}
+        merged[key] = change
+    return list(merged.values())
+
+
 def build_report(
     *, method: str, options, pipeline, before: dict, model, macs_after: int, steps: list[dict], validation,
     validation_source: str | None, statistics: list[dict], seconds: dict, data: dict | None = None,
+    changed_io: list[dict] = (),
 ) -> dict:  # fmt: skip
     """The JSON report of a prune, built in one place: sizes before and after, per-step rows (the
     groups of a single step at the top level), the onnxruntime passes of the statistics stage,
@@ -53,6 +87,7 @@ def build_report(
         "steps": steps,
         "statistics": statistics,
         "data": data or {},
+        "changed_io": list(changed_io),
     }
     if validation is not None:
         report["validation"] = validation
@@ -89,6 +124,11 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"groups     {len(groups)} total, {pruned} pruned, {frozen} frozen{which}")
     lines.extend(target_lines(report))
     lines += datasplit.summary_lines(report.get("data") or {})
+    for change in report.get("changed_io", []):
+        lines.append(
+            f"changed    graph {change['kind']} '{change['name']}' axis {change['axis']}: "
+            f"{change['before']} -> {change['after']} (attention heads removed: feed and read it at that size)"
+        )
     validation = report.get("validation")
     if validation:
         lines += comparison_lines(validation, report.get("validation_source", "validation data"))

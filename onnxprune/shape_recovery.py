@@ -9,8 +9,12 @@ some exporters' graphs (a rank lost after a Loop, an unknown Reshape target). Tw
    in the first; one more in the second): a dim equal in both runs is static, a dim that differs is
    symbolic, named after the input dim whose two values it repeats when there is exactly one.
 
-Only tensors whose rank is unknown or that have a dim that is neither a number nor a symbol are
-filled; what neither fallback types stays unknown, and `sources[name]` says what was tried.
+Tensors whose rank is unknown or that have a dim that is neither a number nor a symbol are filled;
+what neither fallback types stays unknown, and `sources[name]` says what was tried. A dim ONNX inference
+named with a symbol of its own (`unk__27`: a Reshape's -1 on symbolic inputs whose batch symbols it lost
+track of) becomes what the symbolic tool finds for it: a number (the merged width of a multi-head
+attention's output) or a symbol it shares with the dims it equals; every other symbolic dim takes the
+tool's name too, so that equal dims have one name. No run is made for those alone.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ RUN = "a run of onnxruntime on a generated feed"
 def recover_shapes(index) -> None:
     """Fill `index.shapes` / `index.dtypes` for the tensors ONNX shape inference left unknown, and
     record in `index.shape_sources[name]` which fallback typed each (or why none did)."""
+    fresh = _fresh_symbols(index)
     missing = _unknown(index)
-    if not missing:
+    if not missing and not fresh:
         return
-    found, failure = _symbolic(index.model, missing)
+    # every symbolic shape takes the tool's names, which say which dims are equal (it may merge two
+    # input symbols, 'sequence' and 'total', into one): mixing them with ONNX's would hide that
+    found, failure = _symbolic(index.model, missing + _symbolic_shapes(index))
     _merge(index, found, SYMBOLIC)
     missing = _unknown(index)
     if missing:
@@ -52,11 +59,27 @@ def _unknown(index) -> list[str]:
     return [n for n in names if n not in index.shapes or any(d is None for d in index.shapes[n])]
 
 
+def _input_symbols(index) -> set[str]:
+    return {d.dim_param for i in index.model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+
+
+def _fresh_symbols(index) -> list[str]:
+    """Outputs with a dim named by ONNX inference itself (no graph input has that symbol)."""
+    symbols = _input_symbols(index)
+    names = [out for node in index.nodes for out in node.output if out]
+    return [n for n in names if any(isinstance(d, str) and d not in symbols for d in index.shapes.get(n) or ())]
+
+
+def _symbolic_shapes(index) -> list[str]:
+    names = [*index.input_names, *(out for node in index.nodes for out in node.output if out)]
+    return [n for n in names if any(isinstance(d, str) for d in index.shapes.get(n) or ())]
+
+
 def _merge(index, found: dict[str, tuple[tuple, int]], source: str) -> None:
     for name, (shape, dtype) in found.items():
         old = index.shapes.get(name)
         if old is not None and len(old) == len(shape):
-            shape = tuple(o if o is not None else s for o, s in zip(old, shape, strict=True))
+            shape = tuple(_merged_dim(o, s) for o, s in zip(old, shape, strict=True))
         if None in shape and old is not None:
             continue
         if shape != old:
@@ -64,6 +87,14 @@ def _merge(index, found: dict[str, tuple[tuple, int]], source: str) -> None:
             index.shape_sources[name] = source
         if dtype:
             index.dtypes.setdefault(name, dtype)
+
+
+def _merged_dim(old, new):
+    """A number stays; an unknown dim takes the fallback's, and so does a symbol, when the fallback has
+    one: a number, or its own name, which it gives every dim it knows to be equal."""
+    if old is None or (isinstance(old, str) and new is not None):
+        return new
+    return old
 
 
 def _symbolic(model: onnx.ModelProto, names: list[str]) -> tuple[dict, str]:
@@ -90,7 +121,7 @@ def _symbolic(model: onnx.ModelProto, names: list[str]) -> tuple[dict, str]:
     finally:
         quiet.setLevel(level)
     wanted, found = set(names), {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for info in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         tensor_type = info.type.tensor_type
         if info.name in wanted and tensor_type.HasField("shape"):
             shape = tuple(_dim(d) for d in tensor_type.shape.dim)

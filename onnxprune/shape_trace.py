@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
 from .nodes import attributes
 
@@ -209,6 +210,51 @@ def _product(op: str, x: Entry, y: Entry, value: int | None) -> Entry | None:
     return None
 
 
+def _constant_of_shape(index: GraphIndex, node, depth):
+    """ConstantOfShape(n): n copies of its value (torch's expand(-1) writes Where(Equal(shape,
+    ConstantOfShape(Shape(shape)) * -1), 1, shape)); the copies are computed, not rewritable, constants."""
+    count = trace_vector(index, node.input[0], depth)
+    if count is None or len(count) != 1 or count[0].value is None or count[0].value > 64:
+        return None
+    tensor = attributes(node).get("value")
+    value = 0 if tensor is None else onnx.numpy_helper.to_array(tensor).reshape(-1)[0].item()
+    return [Entry(int(value), "op")] * count[0].value if float(value).is_integer() else None
+
+
+def _equal(index: GraphIndex, node, depth):
+    """Equal of two shape vectors, where both values are known, or where one side is a size read by
+    Shape (never negative) and the other a negative number (never equal): 1 or 0, a computed value."""
+    left, right = trace_vector(index, node.input[0], depth), trace_vector(index, node.input[1], depth)
+    if left is None or right is None or len(left) != len(right):
+        return None
+    out = []
+    for x, y in zip(left, right, strict=True):
+        if x.value is not None and y.value is not None:
+            out.append(Entry(int(x.value == y.value), "op"))
+        elif _never_negative(x) and y.value is not None and y.value < 0 or _never_negative(y) and (x.value or 0) < 0:
+            out.append(Entry(0, "op"))
+        else:
+            return None
+    return out
+
+
+def _never_negative(entry: Entry) -> bool:
+    terms = entry.monomial()
+    return entry.origin in ("shape", "product") and terms is not None and terms[1] >= 0
+
+
+def _where(index: GraphIndex, node, depth):
+    """Where(cond, x, y) with every condition known: the entries picked from x or y."""
+    cond, x, y = (trace_vector(index, name, depth) for name in node.input[:3])
+    if cond is None or x is None or y is None or any(c.value is None for c in cond):
+        return None
+    size = max(len(cond), len(x), len(y))
+    if any(len(v) not in (1, size) for v in (cond, x, y)):
+        return None
+    pick = lambda v, i: v[i if len(v) > 1 else 0]  # noqa: E731
+    return [pick(x, i) if pick(cond, i).value else pick(y, i) for i in range(size)]
+
+
 #: ops a traced size flows through (trace_vector follows them; so does the Shape rule)
 _HANDLERS = {
     "Shape": _shape,
@@ -224,6 +270,9 @@ _HANDLERS = {
     "Add": _arith,
     "Sub": _arith,
     "Div": _arith,
+    "ConstantOfShape": _constant_of_shape,
+    "Equal": _equal,
+    "Where": _where,
 }
 
 FOLLOWED = frozenset(_HANDLERS)

@@ -103,21 +103,26 @@ def validate(
     labels: np.ndarray | None = None,
     providers: list[str] | None = None,
     signature: onnx.ModelProto | None = None,
+    kept: dict[str, tuple[int, list[int]]] | None = None,
 ) -> dict:
     """Run both models on `feeds` and compare; the pruned model must keep the input/output signature.
 
     `original` is a model or the path of its file; `signature` (default: `original`) gives the graph
-    inputs and outputs the pruned model must keep.
+    inputs and outputs the pruned model must keep. `kept[name] = (axis, positions)`: a graph input or
+    output the pruning resized (a KV cache losing heads): the pruned model is fed, and compared at,
+    those positions only.
     """
     if signature is None:
         signature = onnx.load(original, load_external_data=False) if isinstance(original, str) else original
     _check_signature(signature, pruned)
+    kept = kept or {}
     feeds = {k: v for k, v in feeds.items() if k in {i.name for i in signature.graph.input}}
     ref_sess, new_sess = runtime.session(original, providers), runtime.session(pruned, providers)
     names = [o.name for o in ref_sess.get_outputs()]
     with progress.stage(log, "validation runs", samples=sample_count(feeds), outputs=len(names)):
         reference = run_batches(ref_sess, feeds, desc="validate original")
-        candidate = run_batches(new_sess, feeds, desc="validate pruned")
+        candidate = run_batches(new_sess, {k: _at(v, kept.get(k)) for k, v in feeds.items()}, desc="validate pruned")
+    reference = [_at(r, kept.get(name)) for name, r in zip(names, reference, strict=True)]
     report = {
         "samples": sample_count(feeds),
         "outputs": {c.name: c.as_dict() for c in compare_outputs(names, reference, candidate)},
@@ -126,6 +131,10 @@ def validate(
         report["accuracy_before"] = accuracy(reference[0], labels)
         report["accuracy_after"] = accuracy(candidate[0], labels)
     return report
+
+
+def _at(value: np.ndarray, where: tuple[int, list[int]] | None) -> np.ndarray:
+    return value if where is None else np.take(value, where[1], axis=where[0])
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -68,7 +68,7 @@ def test_ffn_neurons_and_heads_are_groups(name):
     assert all(g.size == 4 and len(g.consumers) == 1 for g in heads)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if "cache" not in n))  # caches: test_heads.py
 def test_pruning_matches_the_masked_original(name):
     shrink_matches_mask(_load(name), batch=2)
 

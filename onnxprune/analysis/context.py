@@ -61,6 +61,7 @@ class Propagation:
     rewrites: list[Rewrite] = field(default_factory=list)
     count_sinks: set[tuple[int, int]] = field(default_factory=set)
     units: dict[int, str] = field(default_factory=dict)  # atom -> the unit it is part of ("head of 8")
+    head_sizes: dict[int, int] = field(default_factory=dict)  # atom of a split-out head -> its head size
 
     # ---- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> np.ndarray | None:

@@ -60,8 +60,28 @@ def reshape_ids(ids: np.ndarray, in_shape, out_shape) -> np.ndarray:
 
     Leading axes that carry no labels may be symbolic (batch). From the first labeled axis (or an
     earlier one, when axes are merged into it) on, both shapes must be static and a trailing block of
-    each must hold the same number of elements.
+    each must hold the same number of elements. Trailing axes without labels that both shapes share
+    (the same number or the same symbol: [B, G, n, S, d] -> [B, G*n, S, d]) are set aside first.
     """
+    shared = 0
+    while (
+        shared < min(len(in_shape), len(out_shape)) - 1
+        and in_shape[-1 - shared] == out_shape[-1 - shared]
+        and in_shape[-1 - shared] is not None
+        and ids.shape[-1 - shared] == 1
+    ):
+        shared += 1
+    for tail in range(shared, 0, -1):
+        head = ids.reshape(ids.shape[: ids.ndim - tail])
+        try:
+            inner = _reshape_block(head, in_shape[: len(in_shape) - tail], out_shape[: len(out_shape) - tail])
+        except Unsupported:
+            continue
+        return inner.reshape(inner.shape + (1,) * tail)
+    return _reshape_block(ids, in_shape, out_shape)
+
+
+def _reshape_block(ids: np.ndarray, in_shape, out_shape) -> np.ndarray:
     varying = varying_axes(ids)
     if not varying:
         return ids.reshape(-1)[:1].reshape((1,) * len(out_shape))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ops_heads as heads
 from .context import ConsumerRole, ProducerRole, Propagation
 from .labels import Unsupported, along, varying_axes, with_rank
 from .rewrites import ConvGroups
@@ -170,9 +171,9 @@ def matmul_activations(p: Propagation, node) -> None:
     rank = max(ra, rb)
     a = np.full((1,) * rank, -1) if a is None else with_rank(a, rank)
     b = np.full((1,) * rank, -1) if b is None else with_rank(b, rank)
+    if any(axis < rank - 2 for ids in (a, b) for axis in varying_axes(ids)):
+        return heads.batched_matmul(p, node, a, b, rank)  # attention heads on a batch axis
     for ids in (a, b):
-        if [axis for axis in varying_axes(ids) if axis < rank - 2]:
-            raise Unsupported("channels on a batch axis")
         if not varying_axes(ids) and (ids >= 0).any():
             raise Unsupported("one channel broadcast over a whole operand")
     a_rows, a_k = a.shape[-2] > 1, a.shape[-1] > 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..shape_trace import FOLLOWED, Entry, trace_vector
+from . import ops_heads as heads
 from .context import Propagation
 from .labels import Unsupported, along, compress, reshape_ids, varying_axes, with_rank
 from .rewrites import DimEntry, GatherIndices, SliceRange, SplitSizes
@@ -34,15 +35,22 @@ def _norm_axes(axes, rank: int) -> list[int]:
 
 # ---- Reshape family -----------------------------------------------------------------------------
 def reshape(p: Propagation, node, attrs, opset) -> None:
-    """Reshape: labels follow the elements; a labeled axis split in several (heads, channel shuffle)
-    is tied across the outer axes so that every outer slice keeps the same inner positions."""
+    """Reshape: labels follow the elements. A labeled axis split in several is kept rectangular: the
+    inner positions of each outer slice go together when a per-slice computation follows (attention
+    heads, ops_heads.split_ties_slices), else every outer slice keeps the same inner positions (a
+    channel shuffle)."""
     ids = p.get(node.input[0])
     if ids is None:
         return
     in_shape, out_shape = p.index.shape(node.input[0]), p.index.shape(node.output[0])
     if in_shape is None or out_shape is None:
         raise Unsupported("input or output shape is unknown")
-    out = _tie_outer_axes(p, reshape_ids(ids, in_shape, out_shape))
+    out = reshape_ids(ids, in_shape, out_shape)
+    kind = heads.split_ties_slices(p, node.output[0], out) if len(varying_axes(out)) > 1 else None
+    if kind:
+        out = heads.tie_slices(p, out, kind)
+    else:
+        out = _tie_outer_axes(p, out)
     _record_target_entries(p, node, out, out_shape)
     p.set(node.output[0], out)
 
@@ -64,7 +72,7 @@ def _record_target_entries(p: Propagation, node, out: np.ndarray, out_shape) -> 
         raise Unsupported("its target shape is computed at run time by ops that cannot be followed")
     for axis, entry in enumerate(entries):
         if axis in varying_axes(out):
-            _check_entry(p, node, 1, entry, out, node.output[0], axis)
+            _check_entry(p, node, 1, entry, out, node.output[0], axis, axis)
         elif _reads_channels(p, entry):
             raise Unsupported(f"the size of its axis {axis}, which holds no channels, is computed from a channel count")
 
@@ -92,16 +100,22 @@ def _reads_channels(p: Propagation, entry: Entry) -> bool:
     return any(_labeled_read(p, source, axis) for source, axis in reads)
 
 
-def _check_entry(p: Propagation, node, slot: int, entry, out: np.ndarray, tensor: str, axis: int) -> None:
-    """An entry of a shape vector that fixes the size of a labeled axis: -1 adapts by itself, a
-    constant is rewritten, a size read from a tensor must come from a tensor with the same labels."""
+def _check_entry(p: Propagation, node, slot: int, entry, out: np.ndarray, tensor: str, axis: int, position: int):
+    """Entry `position` of a shape vector that fixes the size of a labeled axis: -1 adapts by itself, a
+    constant is rewritten (a shared one in a private copy, where the vector is built from it by Concat),
+    a size read from a tensor must come from a tensor with the same labels."""
     if entry.origin == "const" and entry.value == -1:
         return
     if entry.origin == "const":
         direct = entry.source == node.input[slot]
-        if not direct and len(p.index.consumers.get(entry.source, [])) != 1:
+        if direct or len(p.index.consumers.get(entry.source, [])) == 1:
+            p.rewrite(DimEntry(node.name, slot if direct else -1, entry.source, entry.index, tensor, axis))
+            return
+        reader = _reader_on_path(p, node.input[slot], entry.source, position)
+        if reader is None:
             raise Unsupported(f"shape constant '{entry.source}' is shared with other nodes")
-        p.rewrite(DimEntry(node.name, slot if direct else -1, entry.source, entry.index, tensor, axis))
+        # the node on the way that reads the shared constant gets a private copy of it
+        p.rewrite(DimEntry(reader[0], reader[1], entry.source, entry.index, tensor, axis))
         return
     if entry.origin == "shape":
         source = p.get(entry.source)
@@ -110,6 +124,29 @@ def _check_entry(p: Propagation, node, slot: int, entry, out: np.ndarray, tensor
     if entry.origin in ("shape", "product") and _scales_exactly(p, entry, out, axis):
         return
     raise Unsupported(f"the size of labeled axis {axis} is computed at run time")
+
+
+def _reader_on_path(p: Propagation, start: str, constant: str, position: int, depth: int = 12):
+    """(node, slot) of the node among the ops `start` is computed from that puts `constant` at entry
+    `position` of `start` (through Concat, Cast, Identity, (Un)Squeeze, Reshape); None otherwise. The
+    private copy this node gets must size only tensors with the same channels: checked after propagation
+    (propagate._freeze_shared_shape_vectors)."""
+    node = p.index.node_producer(start)
+    if node is None or depth < 0:
+        return None
+    slot = 0
+    if node.op_type == "Concat":
+        sizes = [len(trace_vector(p.index, name) or ()) for name in node.input]
+        while slot < len(sizes) and position >= sizes[slot]:
+            position -= sizes[slot]
+            slot += 1
+        if slot == len(sizes):
+            return None
+    elif node.op_type not in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape"):
+        return None
+    if node.input[slot] == constant:
+        return node.name, slot
+    return _reader_on_path(p, node.input[slot], constant, position, depth - 1)
 
 
 def _scales_exactly(p: Propagation, entry: Entry, out: np.ndarray, axis: int) -> bool:
@@ -207,6 +244,7 @@ def concat(p: Propagation, node, attrs, opset) -> None:
         return
     rank = p.rank(node.output[0])
     axis = _norm_axes([int(attrs.get("axis", 0))], rank)[0]
+    _adopt_caches(p, node, names, rank, axis)
     pieces = []
     for name in names:
         ids = p.get(name)
@@ -232,6 +270,18 @@ def concat(p: Propagation, node, attrs, opset) -> None:
         shape[axis] = piece.shape[axis]
         expanded.append(np.broadcast_to(piece, shape))
     p.set(node.output[0], p.uf.roots(np.concatenate(expanded, axis=axis)))
+
+
+def _adopt_caches(p: Propagation, node, names: list[str], rank: int, axis: int) -> None:
+    """Unlabeled graph inputs concatenated along another axis with attention heads (past KV caches)
+    take the heads' labels (ops_heads.adopt_graph_input)."""
+    labeled = [with_rank(p.get(n), rank) for n in names if p.get(n) is not None]
+    reference = labeled[0]
+    if reference.shape[axis] != 1:
+        return
+    for name in names:
+        if p.get(name) is None and p.index.rank(name) == rank:
+            heads.adopt_graph_input(p, node, name, reference)
 
 
 def split(p: Propagation, node, attrs, opset) -> None:
@@ -297,7 +347,9 @@ def gather(p: Propagation, node, attrs, opset) -> None:
     picks = np.asarray(picks)
     picks = np.where(picks < 0, picks + ids.shape[axis], picks)
     out = np.take(ids, picks, axis=axis)
-    if picks.ndim == 0:
+    if picks.ndim == 0 and np.unique(out[out >= 0]).size <= 1:
+        # one position picked: it must stay; it does while it holds several channels (the q of every
+        # head of a [3, heads, d] qkv split), which cannot all go, and the others stay in place
         p.freeze(out, f"Gather '{node.name}' selects a single channel")
     p.rewrite(GatherIndices(node.name, axis, node.input[0]))
     p.set(node.output[0], out)
@@ -339,7 +391,7 @@ def resize(p: Propagation, node, attrs, opset) -> None:
         if entries is None:
             raise Unsupported("sizes are computed at run time")
         for axis in varying:
-            _check_entry(p, node, 3, entries[axis], ids, node.output[0], axis)
+            _check_entry(p, node, 3, entries[axis], ids, node.output[0], axis, axis)
     elif scales is None or any(float(np.asarray(scales).reshape(-1)[a]) != 1.0 for a in varying):
         raise Unsupported("scales on a labeled axis are not constant 1")
     p.set(node.output[0], ids)
@@ -357,7 +409,7 @@ def expand(p: Propagation, node, attrs, opset) -> None:
     offset = rank - len(entries)
     for axis in varying_axes(ids):
         if axis >= offset and entries[axis - offset].value != 1:
-            _check_entry(p, node, 1, entries[axis - offset], ids, node.output[0], axis)
+            _check_entry(p, node, 1, entries[axis - offset], ids, node.output[0], axis, axis - offset)
     p.set(node.output[0], ids)
 
 
@@ -404,7 +456,9 @@ def _sizes_reach_checked_sinks(p: Propagation, name: str, positions: set[int], d
             picks = p.constant(user.input[1])
             if picks is not None and not set(np.asarray(picks).reshape(-1).tolist()) & positions:
                 continue
-        if user.op_type not in FOLLOWED or user.op_type == "Shape":
+        if user.op_type == "Shape":
+            continue  # the shape of a shape vector does not depend on the sizes it holds
+        if user.op_type not in FOLLOWED:
             return False
         if not _sizes_reach_checked_sinks(p, user.output[0], set(range(64)), depth - 1):
             return False

@@ -9,6 +9,7 @@ from ..graph import GraphIndex, attributes, opset_version
 from .context import Propagation
 from .labels import Unsupported
 from .ops import PRODUCERS, rule_for
+from .ops_heads import head_output
 from .ops_reindex import freeze_count_reads
 from .rewrites import DimEntry
 
@@ -79,8 +80,11 @@ def _freeze_unchecked_count_reads(p: Propagation) -> None:
 
 
 def _freeze_graph_outputs(p: Propagation) -> None:
+    """Channels that reach a graph output are frozen, except attention heads (a present KV cache):
+    that output shrinks with them (ops_heads.head_output records it)."""
     for name in p.index.output_names:
-        p.freeze(p.get(name), f"reaches graph output '{name}'")
+        if not head_output(p, name):
+            p.freeze(p.get(name), f"reaches graph output '{name}'")
 
 
 def _freeze_shared_constants(p: Propagation) -> None:
@@ -94,18 +98,57 @@ def _freeze_shared_constants(p: Propagation) -> None:
             p.freeze(labels, f"initializer '{name}' is also read by {where}, which cannot slice it")
 
 
+#: (op, input slot) of the shape inputs whose rules check each entry, and the ops a shape vector is
+#: built through (Concat of pieces, casts, reshapes of the vector itself)
+_SHAPE_SINKS = {("Reshape", 1), ("Expand", 1), ("Resize", 3)}
+_VECTOR_OPS = {"Concat", "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape"}
+
+
 def _freeze_conflicting_shape_entries(p: Propagation) -> None:
     """One constant shape entry cannot take two different new sizes: the tensors it sizes must carry
-    the same channels on those axes."""
-    by_entry: dict[tuple[str, int], list[DimEntry]] = {}
+    the same channels on those axes. An entry edited in place (slot < 0) is keyed by its constant, one
+    in a node's private copy by that node and slot."""
+    by_entry: dict[tuple, list[DimEntry]] = {}
     for record in p.rewrites:
-        if isinstance(record, DimEntry) and record.slot < 0:
-            by_entry.setdefault((record.constant, record.entry), []).append(record)
-    for (constant, entry), records in by_entry.items():
+        if isinstance(record, DimEntry):
+            key = (record.constant, record.entry) if record.slot < 0 else (record.node, record.slot, record.entry)
+            by_entry.setdefault(key, []).append(record)
+    for records in by_entry.values():
+        constant, entry = records[0].constant, records[0].entry
+        sized = _sized_by(p, records[0]) if records[0].slot >= 0 else set()
+        missing = sized - {r.tensor for r in records}
+        if missing:
+            what = "ops other than shape inputs" if "" in missing else f"'{sorted(missing)[0]}', whose size stays"
+            reason = f"shape constant '{constant}'[{entry}] also reaches {what}"
+            for r in records:
+                p.freeze(p.get(r.tensor), reason)
         lines = {_axis_roots(p, r.tensor, r.axis) for r in records}
         if len(lines) > 1:
             for r in records:
                 p.freeze(p.get(r.tensor), f"shape constant '{constant}'[{entry}] sizes several tensors")
+
+
+def _sized_by(p: Propagation, record: DimEntry) -> set[str]:
+    """Outputs of the shape sinks that the vector built by `record.node` reaches (itself when it is the
+    sink); {""} when the vector also reaches another kind of op."""
+    node = next(n for n in p.index.nodes if n.name == record.node)
+    if (node.op_type, record.slot) in _SHAPE_SINKS:
+        return {node.output[0]}
+    sized, frontier, seen = set(), [node.output[0]], set()
+    while frontier:
+        name = frontier.pop()
+        if name in p.index.output_names:
+            sized.add("")
+        for position, slot in p.index.consumers.get(name, []):
+            user = p.index.nodes[position]
+            if (user.op_type, slot) in _SHAPE_SINKS:
+                sized.add(user.output[0])
+            elif user.op_type in _VECTOR_OPS and user.output[0] not in seen:
+                seen.add(user.output[0])
+                frontier.append(user.output[0])
+            else:
+                sized.add("")
+    return sized
 
 
 def _axis_roots(p: Propagation, tensor: str, axis: int) -> tuple:

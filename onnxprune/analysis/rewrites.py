@@ -95,3 +95,14 @@ class CountAttribute(Rewrite):
     start: int
     stop: int
     unit: int
+
+
+@dataclass(frozen=True)
+class IoDim(Rewrite):
+    """Graph `kind` ("input" or "output") `tensor` carries attention heads on `axis` (a KV cache): its
+    declared size there becomes the number of positions kept. The model's I/O shapes change; the
+    report lists them. `node` is empty (no node is edited)."""
+
+    tensor: str
+    axis: int
+    kind: str

@@ -19,6 +19,7 @@ from ..analysis.rewrites import (
     DimEntry,
     GatherIndices,
     GatherInput,
+    IoDim,
     SliceRange,
     SplitSizes,
 )
@@ -256,6 +257,16 @@ def _count_attribute(editor: _Editor, record: CountAttribute, sizes: _NewSizes, 
     _set_ints_attribute(node, record.attribute, values)
 
 
+def _io_dim(editor: _Editor, record: IoDim, sizes: _NewSizes, analysis) -> None:
+    """A graph input or output with heads (a KV cache) declares its new size (a symbolic dim stays)."""
+    values = editor.model.graph.input if record.kind == "input" else editor.model.graph.output
+    for value in values:
+        if value.name == record.tensor:
+            dim = value.type.tensor_type.shape.dim[record.axis]
+            if dim.HasField("dim_value"):
+                dim.dim_value = int(sizes.size(record.tensor, record.axis))
+
+
 def _drop_attribute(node, name: str) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
@@ -281,4 +292,5 @@ _REWRITERS = {
     AttributeSize: _attribute_size,
     GatherInput: _gather_input,
     CountAttribute: _count_attribute,
+    IoDim: _io_dim,
 }
