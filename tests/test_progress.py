@@ -52,8 +52,11 @@ def _on_terminal(args: list[str]) -> tuple[int, str, str]:
 def test_progress_bars_on_a_terminal(tmp_path):
     code, stdout, terminal = _on_terminal(_prune_args(tmp_path / "out.onnx"))
     assert code == 0, terminal
-    for bar in ("obs statistics 1/1", "obs groups 1/1", "validate pruned"):  # statistics, greedy solves, validation
+    # statistics and validation (obs is sequential on LeNet-5's 4 waves by default: one group a wave, no groups bar)
+    for bar in ("obs statistics 1/4", "obs statistics 4/4", "validate pruned"):
         assert bar in terminal and "%|" in terminal, terminal
+    code, _, terminal = _on_terminal(_prune_args(tmp_path / "one_shot.onnx", "--no-sequential"))
+    assert code == 0 and "obs groups 1/1" in terminal, terminal  # the greedy solves of 4 groups in one wave
     assert "method     obs" in stdout and "%|" not in stdout  # bars stay on stderr
     code, stdout, terminal = _on_terminal(_prune_args(tmp_path / "quiet.onnx", "-q"))
     assert code == 0 and terminal == "" and stdout == ""
@@ -73,11 +76,12 @@ def test_verbose_logs_every_stage_with_its_time_and_sizes(tmp_path, capsys):
     assert code == 0, err
     lines = err.splitlines()
     assert "%|" not in err  # a pipe: logs, no bars
-    for stage in ("load", "load data", "analyze", "decide", "shrink", "validate", "statistics: obs statistics 1/1"):
+    stages = ("load", "load data", "analyze", "decide", "shrink", "validate")
+    for stage in (*stages, *(f"statistics: obs statistics {wave}/4" for wave in range(1, 5))):
         done = [line for line in lines if f" {stage} done in " in line]
         assert len(done) == 1, (stage, err)
         assert done[0].split(" done in ")[1].split(" s")[0].replace(".", "").isdigit()
-    assert any("statistics: obs statistics 1/1 done in" in line and "samples=256" in line for line in lines)
+    assert any("statistics: obs statistics 1/4 done in" in line and "samples=256" in line for line in lines)
     assert any("load data done in" in line and "calibration=256, validation=100" in line for line in lines)
     code, _, err = invoke(capsys, "-v", "validate", LENET, LENET, "--providers", "cpu")  # -v before the command
     assert code == 0 and "validation runs done in" in err
