@@ -229,3 +229,26 @@ def test_torch_expand_minus_one_pattern_is_traced():
     index = GraphIndex.build(b.model())
     entries = trace_vector(index, picked)
     assert [e.origin for e in entries] == ["const", "shape"] and entries[0].value == 2 and entries[1].value == 4
+
+
+def test_a_shape_vector_shared_by_two_layers_gets_a_copy_per_reader():
+    """dynamo shares one Concat-built target between the repeat_kv Expands of every layer; after the
+    prologue each Expand reads its own Concat (and its own constants), so each layer's KV-head count
+    can be rewritten on its own."""
+    from onnxprune.passes.unshare import unshare_shape_vectors
+
+    model = load_model(DATA / "llama_dynamo.onnx")
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    shared = [n.name for n in model.graph.node if n.op_type == "Expand" and producer.get(n.input[1]) == "Concat"]
+    targets = lambda m: {n.input[1] for n in m.graph.node if n.name in shared}  # noqa: E731
+    assert len(shared) == 4 and len(targets(model)) == 1  # 2 layers x (key, value)
+    assert unshare_shape_vectors(model).modified and len(targets(model)) == 4
+
+
+def test_a_dim_onnx_inference_names_itself_is_recovered():
+    """BERT's merged head output, Reshape(x, [*input_shape, -1]) on symbolic batch and sequence, is
+    ('unk__..', 'unk__..', 'unk__..') for ONNX inference: onnxruntime's symbolic tool gives 32."""
+    model = load_model(DATA / "bert.onnx")
+    index = GraphIndex.build(model)
+    merged = next(n.output[0] for n in model.graph.node if n.name.endswith("attention/self/Reshape_3"))
+    assert index.shape(merged)[-1] == 32
