@@ -326,7 +326,7 @@ def _baseline(model: Path, report: dict, timing: _Timing) -> Baseline:
 # ---- presentation -------------------------------------------------------------------------------
 _COLUMNS = (
     ("label", "{:<{w}}", "method"),
-    ("point", "{:>{w}}", "ratio"),
+    ("point", "{:>{w}}", "point"),
     ("params_kept", "{:>{w}.3f}", "params"),
     ("nonzero_kept", "{:>{w}.3f}", "nonzero"),
     ("macs_kept", "{:>{w}.3f}", "MACs"),
