@@ -180,7 +180,7 @@ def sweep(
     kept = _kept_paths(model, methods, points, keep_dir)
     _check_paths(model, calibration, validation_data, kept)
     signature = io.signature(io.load_model(model))
-    calib = None if calibration is None else load_dataset(calibration, signature, pipeline.calib_samples)
+    calib = None if calibration is None else load_dataset(calibration, signature)  # read once; prune() caps it
     checks = _validation_set(validation_data, calib, signature, pipeline)
     batch = fixed_batch(input_specs(signature)) or 1
     timing = _Timing(str(model), batch, pipeline, repeats, warmup)
@@ -326,7 +326,7 @@ def _baseline(model: Path, report: dict, timing: _Timing) -> Baseline:
 # ---- presentation -------------------------------------------------------------------------------
 _COLUMNS = (
     ("label", "{:<{w}}", "method"),
-    ("point", "{:>{w}}", "ratio"),
+    ("point", "{:>{w}}", "point"),
     ("params_kept", "{:>{w}.3f}", "params"),
     ("nonzero_kept", "{:>{w}.3f}", "nonzero"),
     ("macs_kept", "{:>{w}.3f}", "MACs"),

@@ -36,7 +36,7 @@ def test_table_has_a_row_per_method_and_ratio_and_the_plot_is_a_png(tmp_path, ca
     code, out, err = invoke(capsys, "sweep", MLP, *args, "--plot", plot, "--repeats", 3)
     assert code == 0, err
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["method", "ratio"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["method", "point"])
     assert "accuracy" in lines[start].split()  # the test digits have labels
     rows = [line.split() for line in lines[start + 1 :]]
     assert [r[:2] for r in rows] == [
