@@ -399,7 +399,10 @@ def bench_command(
     help="A method or a comma chain (merge,obs: one chain, --ratio applied at each step). Give --method "
     "several times to compare: one line each in the table, one curve each in the plot.",
 )
-@click.option("--ratios", default="0.1,0.3,0.5", show_default=True, help="Fractions to remove, each in (0, 1).")
+@click.option(
+    "--ratios", default=None, help="Fractions to remove, each in (0, 1) [default: 0.1,0.3,0.5 without --targets]."
+)
+@click.option("--targets", default=None, help="Budgets to prune to, e.g. macs=0.7,macs=0.5 (as prune --target).")
 @click.option("--calib", default=None, type=click.Path(path_type=Path), help="Calibration data (as for prune).")
 @click.option("--calib-samples", default=256, show_default=True, type=int)
 @click.option(
@@ -408,7 +411,7 @@ def bench_command(
     type=click.Path(path_type=Path),
     help="Data every point is compared on (default: calibration data, else random inputs).",
 )
-@click.option("--validate-samples", default=256, show_default=True, type=int)
+@click.option("--validate-samples", default=None, type=int, help="Compare on at most N samples [default: all].")
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Batch size of onnxruntime runs.")
 @click.option("--providers", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--plot", "plot_path", default=None, type=click.Path(path_type=Path), help="Write the curves as PNG.")
@@ -417,14 +420,15 @@ def bench_command(
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of the table.")
 @_INPUT_SHAPE
 @lambda func: _method_option_decorators(func, skip=frozenset({"plot"}))  # sweep's --plot is the curve
-def sweep_command(model: Path, methods, ratios: str, calib, calib_samples: int, validate_data, validate_samples: int,
-                  batch_size: int, providers: str, plot_path, keep_dir, repeats: int, as_json: bool, input_shape,
-                  **extra) -> None:  # fmt: skip
-    """Prune MODEL at each ratio with each --method, validate and time every result, print a table and
-    plot accuracy (or drift) against params, MACs and latency kept. Writes no model unless --keep-dir."""
-    from .sweep import check_plot_path, parse_ratios, plot, sweep, table
+def sweep_command(model: Path, methods, ratios: str | None, targets: str | None, calib, calib_samples: int,
+                  validate_data, validate_samples: int, batch_size: int, providers: str, plot_path, keep_dir,
+                  repeats: int, as_json: bool, input_shape, **extra) -> None:  # fmt: skip
+    """Prune MODEL at each ratio and --targets budget with each --method, validate and time every result, print a
+    table and plot accuracy (or drift) against params, MACs and latency kept. Writes no model unless --keep-dir."""
+    from .sweep import check_plot_path, parse_ratios, parse_targets, plot, sweep, table
 
-    points = parse_ratios(ratios)
+    points = [] if ratios is None and targets is not None else parse_ratios(ratios or "0.1,0.3,0.5")
+    points += parse_targets(targets) if targets is not None else []
     if plot_path is not None:
         check_plot_path(plot_path, {"model": preflight.model_files(model)})
     given = click.get_current_context().get_parameter_source
@@ -434,11 +438,12 @@ def sweep_command(model: Path, methods, ratios: str, calib, calib_samples: int, 
         validate_samples=validate_samples,
         providers=providers,
         batch_size=batch_size,
-        progress=sys.stderr.isatty(),
+        progress=_bars(),
         input_shapes=preflight.parse_input_shapes(input_shape),
     )
     options = PruneOptions(extra=chosen)
-    result = sweep(model, methods, points, options, calib, validate_data, pipeline, keep_dir, repeats)
+    with progress.showing(pipeline.progress):
+        result = sweep(model, methods, points, options, calib, validate_data, pipeline, keep_dir, repeats)
     if plot_path is not None:
         plot(result, plot_path)
     click.echo(json.dumps(result.as_dict(), indent=1) if as_json else "\n".join(table(result)))

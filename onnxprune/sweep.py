@@ -11,14 +11,15 @@ Each (method, point) is one `prune()` in memory, validated against the original 
 - drift of the worst output: relative L2 ||Y' - Y|| / ||Y|| (largest), cosine (smallest), top-1
   agreement (smallest, classifier-shaped outputs only); accuracy when the validation data has labels.
 
-A *point* is what one prune is asked to reach. `RatioPoint(r)` removes the fraction r of every
-group's channels (of every layer's weights for unstructured methods). Extension point: a budget
-target (`--target macs=0.5`) is another `Point`, whose `options()` returns the PruneOptions that ask
-for it; `sweep()`, the table and the plot take any Point unchanged.
+A *point* is what one prune is asked to reach: `RatioPoint(r)` removes the fraction r of every
+group's channels (of every layer's weights for unstructured methods), `TargetPoint(macs=0.5)` keeps at
+most that share of the original's params, MACs or latency (`--target`). A point only turns the common
+options into the PruneOptions that ask for it; `sweep()`, the table and the plot take any Point.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -29,13 +30,15 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from . import io, preflight
+from . import io, preflight, progress
 from .bench import measure
 from .errors import ModelLoadError, OptionError, OutputPathError
 from .feeds import Dataset, fixed_batch, input_specs, load_dataset
-from .methods.base import PruneOptions
+from .methods.base import PruneOptions, Target
 from .methods.registry import get_method, methods_taking
 from .pipeline import PipelineOptions, prune
+
+log = logging.getLogger(__name__)
 
 
 class Point(Protocol):
@@ -62,6 +65,29 @@ class RatioPoint:
 
     def options(self, base: PruneOptions) -> PruneOptions:
         return replace(base, ratio=self.ratio)
+
+
+@dataclass(frozen=True)
+class TargetPoint:
+    """Keep at most a fraction of the original's params, MACs or measured latency (`--target
+    KIND=FRACTION`): the removals spread over the groups by damage (onnxprune.budget)."""
+
+    target: Target
+
+    @property
+    def label(self) -> str:
+        return str(self.target)
+
+    def options(self, base: PruneOptions) -> PruneOptions:
+        return replace(base, ratio=None, target=self.target)
+
+
+def parse_targets(text: str) -> list[TargetPoint]:
+    """'macs=0.7,macs=0.5' -> points, in the order given, each once."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise OptionError("--targets: give at least one KIND=FRACTION, e.g. macs=0.7,macs=0.5")
+    return [TargetPoint(Target.parse(item)) for item in dict.fromkeys(items)]
 
 
 def parse_ratios(text: str) -> list[RatioPoint]:
@@ -185,8 +211,8 @@ def sweep(
     batch = fixed_batch(input_specs(signature)) or 1
     timing = _Timing(str(model), batch, pipeline, repeats, warmup)
     rows, first = [], None
-    for chain in methods:
-        for point in points:
+    for chain, point in progress.bar([(c, p) for c in methods for p in points], desc="sweep points", unit="point"):
+        with progress.stage(log, f"sweep {chain} at {point.label}"):
             start = time.perf_counter()
             chain_options = point.options(replace(options, extra=extras[chain]))
             result = prune(model, chain, chain_options, calib, checks, pipeline)

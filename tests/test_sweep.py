@@ -46,7 +46,7 @@ def test_table_has_a_row_per_method_and_ratio_and_the_plot_is_a_png(tmp_path, ca
         ["random", "0.2"],
         ["random", "0.5"],
     ]
-    assert "validated  on 256 samples of --validate-data" in lines
+    assert "validated  on 797 samples of --validate-data" in lines
     data = plot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
     assert matplotlib.image.imread(plot).shape[:2] == (450, 1500)  # decodes: three panels of 5 x 4.5 in
@@ -120,3 +120,14 @@ def test_method_options_go_to_the_methods_that_take_them(capsys):
     )
     assert [r["label"] for r in result["rows"]] == ["magnitude", "wanda --structured"]
     assert result["rows"][1]["params_kept"] < 1  # whole channels went: --structured reached wanda
+
+
+def test_targets_are_points_that_meet_their_budget(capsys):
+    result = _sweep_json(capsys, "--targets", "macs=0.7,macs=0.4")
+    rows = result["rows"]
+    assert [r["point"] for r in rows] == ["macs=0.7", "macs=0.4"]
+    assert 0.6 < rows[0]["macs_kept"] <= 0.7 and 0.3 < rows[1]["macs_kept"] <= 0.4
+    both = _sweep_json(capsys, "--ratios", "0.5", "--targets", "params=0.5")
+    assert [r["point"] for r in both["rows"]] == ["0.5", "params=0.5"]
+    code, out, err = invoke(capsys, "sweep", MLP, "--targets", "flops=0.5")
+    assert code == 2 and "unknown kind" in err and len(err.strip().splitlines()) == 1

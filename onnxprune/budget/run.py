@@ -27,6 +27,7 @@ from ..graph import GraphIndex
 from ..methods.base import Method, MethodContext, PruneOptions, Target
 from ..methods.damage import LAYER_ERROR
 from ..plan import PruningPlan
+from ..progress import bar
 from ..stats import Statistics
 from .allocate import Allocation, allocate
 from .costs import build_cost_model
@@ -85,7 +86,7 @@ def decide_to_target(
     if layered and step.target.probes and stats is not None:
         names = sorted({n for g in layered for n in curves[g].names})
         probe = stats.for_method("target", ("outputs",)).output_probe(model, names, step.target.samples)
-        for g in layered:
+        for g in bar(layered, desc="target: output-error probes", unit="group"):
             curves[g], calibrations[g] = calibrate(curves[g], probe, step.target.probes)
         del probe
     groups = {g.id: g for g in analysis.groups}
