@@ -112,7 +112,12 @@ _INPUT_SHAPE = click.option(
     help=f"One of {', '.join(sorted(METHODS))}; chain with commas (merge,obs): each method analyzes what the "
     "previous one left and applies --ratio to it, so merge,obs at 0.5 keeps about a quarter of each group.",
 )
-@click.option("--ratio", default="0.5", show_default=True, help="Fraction of each group's channels to remove, or auto.")
+@click.option(
+    "--ratio",
+    default="0.5",
+    show_default=True,
+    help="Fraction of each group's channels to remove, or auto (not with --target).",
+)
 @click.option(
     "--target",
     default=None,

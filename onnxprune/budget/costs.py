@@ -15,10 +15,12 @@ its MACs. The cost models evaluate the same formulas the report uses on the redu
     MACs(r)   = MACs - sum_{nodes n} (node_macs(n, shapes) - node_macs(n, shapes'(r)))
 
 (analysis.cost.node_macs: Conv O * spatial * C/g * kh * kw, Gemm/MatMul rows * N * K, ...). Only the
-items a pruned group touches are evaluated again. Exact whenever every free channel of a group holds the
-same number of positions on each axis (true of every rule the analysis has: a channel is one position,
-or one Flatten block, or one head); a tensor whose labels vary along several axes at once is left at
-its full size (none of the rules produces one on a weight or a layer's output).
+items a pruned group touches are evaluated again. A count per group is exact whenever every free
+channel of a group holds the same number of positions on each axis (a channel is one position, one
+Flatten block or one head); where a line holds only some of a group's channels (one half of a Split),
+q_{a,g} is the average and `of_removed` counts exactly for the channels a plan removes (budget/run.py
+checks every plan with it). A tensor whose labels vary along several axes at once is left at its full
+size (no rule produces one on a weight or a layer's output).
 """
 
 from __future__ import annotations

@@ -123,16 +123,15 @@ def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
     """The allocation within `budget` and the method's plan for it. A counted cost is checked on the
     channels the plan removes (exact even where a group's channels hold unequal shares of an axis, after
     a Split); an overshoot tightens the budget by as much and allocates again (at most RETRIES times)."""
-    goal = budget
-    for attempt in range(RETRIES + 1):
+    goal, attempt = budget, 0
+    while True:
         allocation = allocate(options_of, sizes, costs, goal)
         plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
         exact = getattr(costs, "of_removed", None)
         planned = exact(plan.removed, ctx.analysis.num_channels) if exact else allocation.cost
         if planned <= budget or attempt == RETRIES:
             return allocation, plan, planned
-        goal -= planned - budget
-    raise AssertionError("unreachable")
+        goal, attempt = goal - (planned - budget), attempt + 1
 
 
 def _why(removed: int, size: int, damage: float, marginal: float | None, unit: str, kind: str) -> str:
