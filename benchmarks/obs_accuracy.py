@@ -4,7 +4,9 @@
 layer is frozen), no retraining. Calibration: models/digits_train.npz (1000 samples); accuracy:
 models/digits_test.npz (797 samples) in onnxruntime (CPU).
 
-Columns: obs (structured OBS, one statistics pass), obs/seq (`--sequential`), magnitude (L2 norm of
+Columns: obs (structured OBS, `--no-sequential`: one statistics pass), obs/seq (`--sequential
+--sequential-passes 0`: one pass per wave; obs's default is sequential with at most 4 passes on models
+with >= 3 waves of groups, see benchmarks/obs_sequential.py), magnitude (L2 norm of
 each channel's producer weights), merge (data-free neuron merging; shown only when the method is
 registered). `params` is the share of parameters left by obs at that ratio.
 
@@ -24,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 RATIOS = (0.25, 0.5, 0.75)
 VARIANTS = {
-    "obs": ("obs", {}),
-    "obs/seq": ("obs", {"sequential": True}),
+    "obs": ("obs", {"sequential": False}),
+    "obs/seq": ("obs", {"sequential": True, "sequential_passes": 0}),
     "magnitude": ("magnitude", {}),
     "merge": ("merge", {}),
 }

@@ -12,7 +12,7 @@ from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
 from onnxprune.io import make_tensor, tensor_array
 from onnxprune.layers import obs_layers
-from onnxprune.methods.obs_settings import AUTO_MIN_WAVES, choose_sequential, stages
+from onnxprune.methods.obs_settings import AUTO_MAX_WAVES, AUTO_MIN_WAVES, choose_sequential, stages
 from onnxprune.stats import CollectSettings
 from onnxprune.stats.collect import computing
 from onnxprune.stats.hessian import collect_stats, input_rows
@@ -20,10 +20,10 @@ from onnxprune.stats.hessian import collect_stats, input_rows
 
 @pytest.mark.parametrize(
     ("requested", "waves", "expected"),
-    [(None, 1, False), (None, AUTO_MIN_WAVES - 1, False), (None, AUTO_MIN_WAVES, True), (None, 12, True),
-     (True, 1, True), (False, 12, False)],
+    [(None, 1, False), (None, AUTO_MIN_WAVES - 1, False), (None, AUTO_MIN_WAVES, True), (None, AUTO_MAX_WAVES, True),
+     (None, AUTO_MAX_WAVES + 1, False), (None, 50, False), (True, 1, True), (True, 50, True), (False, 5, False)],
 )  # fmt: skip
-def test_the_default_is_sequential_from_the_auto_depth_on(requested, waves, expected):
+def test_the_default_is_sequential_within_the_auto_depths(requested, waves, expected):
     assert choose_sequential(requested, waves) is expected
 
 
@@ -60,7 +60,7 @@ def test_obs_picks_sequential_by_depth_and_the_flags_override_it(depth, expected
         "on": expected,
         "chosen": "auto",
         "waves": depth,
-        "passes": min(depth, 4) if expected else 1,
+        "passes": depth if expected else 1,  # one pass per wave by default
     }
     for flag in (True, False):
         options = PruneOptions(ratio=0.5, extra={"sequential": flag})
