@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py [--models mlp lenet5 resnet_digits resnet18 ddddocr_det rapidocr_det]
                                  [--targets 0.7 0.5] [--ratios 0.3 0.5 0.7] [--repeats 30] [--threads 1]
+                                 [--sections uniform allocator]
 
 For each model: the LatencyCostModel (onnxprune/budget/latency.py) is built on this machine
 (onnxruntime CPU, every graph optimization on, batch 1, `--threads` intra-op threads); each group's
@@ -15,6 +16,15 @@ round-to is read from its probe curve and R = the round-to of the groups holding
    multiples of R, the cost model predicts at or below T; pruned with magnitude at that ratio and
    --round-to R, then measured. Also the same ratio with --round-to 1 (channel counts as they fall).
    "gap" = measured latency ratio - MACs ratio.
+3. The allocator: `prune(model, "magnitude", PruneOptions(target="latency=T"), providers="cpu")`, the
+   way `onnxprune prune --target latency=T` runs (onnxprune.budget: the pipeline's own cost model,
+   removals spread over the groups by damage, every group on its preferred widths, then the written
+   model measured against the original by budget/latency_check.written_latency). Printed: the
+   planned fraction (cost model), the measured latency ratio and met (both from the report's "target"),
+   MACs ratio (report macs_after / macs_before), gap = measured - MACs, and the seconds prune() took.
+   The pipeline times with onnxruntime's default intra-op threads (not `--threads`) at batch 1, and
+   at the model's own input shapes: a model with symbolic spatial dims is given fixed ones first
+   (RapidOCR: 640 x 640), so the pipeline times what the other sections time.
 
 Models: the sample MLP, LeNet-5 and ResNet-style models (models/), a torchvision-style ResNet-18 graph
 with random weights (benchmarks/resnet18_graph.py, 224 x 224), ddddocr's YOLO-style detector
@@ -43,6 +53,7 @@ from onnxprune.budget.latency import LatencyCostModel
 from onnxprune.budget.latency_check import measure_latency_ratio
 from onnxprune.graph import GraphIndex
 from onnxprune.io import load_model
+from onnxprune.methods.base import Target
 from onnxprune.methods.select import keep_count
 from onnxprune.pipeline import _prologue
 
@@ -123,8 +134,53 @@ def search_ratio(cost: LatencyCostModel, analysis, target: float, round_to: int)
     return None
 
 
+def fixed_inputs(model, shapes: dict[str, tuple] | None):
+    """A copy of `model` whose inputs named in `shapes` have those fixed dims (symbolic ones replaced)."""
+    if not shapes:
+        return model
+    fixed = type(model)()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    return fixed
+
+
+def bench_allocator(name: str, model, targets: list[float]) -> None:
+    """Section 3: `--target latency=T` through prune(), numbers from its report."""
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\n### {name}: the allocator (prune --target latency=T; load average {load})\n")
+    print("| target | planned | measured latency (median) | MACs kept | gap | met | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    messages = []
+    for target in targets:
+        start = time.perf_counter()
+        options = PruneOptions(target=Target("latency", target, batch=1))
+        result = prune(model, "magnitude", options, providers="cpu", run_validation=False)
+        seconds = time.perf_counter() - start
+        summary = result.report["target"]
+        macs = result.report["macs_after"] / result.report["macs_before"]
+        measured = summary["measured_fraction"]
+        planned = summary.get("planned_fraction", float("nan"))
+        print(f"| {target} | {planned:.3f} | {measured:.3f} | {macs:.3f} | {measured - macs:+.3f} | "
+              f"{'yes' if summary['met'] else 'no'} | {seconds:.0f} |", flush=True)  # fmt: skip
+        messages.append(f"latency={target}: {summary['measured_message']}")
+    print("\n" + "\n".join(messages), flush=True)
+
+
 def bench_model(name: str, args, tmp: Path) -> None:
     raw, shapes = MODELS[name](tmp)
+    raw, shapes = fixed_inputs(raw, shapes), None
+    if "uniform" in args.sections:
+        bench_uniform(name, raw, shapes, args)
+    if "allocator" in args.sections:
+        bench_allocator(name, raw, args.targets)
+
+
+def bench_uniform(name: str, raw, shapes, args) -> None:
+    """Sections 1 and 2: uniform ratios, the cost model's prediction against measurement."""
     model = _prologue(raw)
     index = GraphIndex.build(model)
     analysis = analyze(index)
@@ -176,6 +232,7 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sections", nargs="+", default=["uniform", "allocator"], choices=["uniform", "allocator"])
     args = parser.parse_args()
     print(f"onnxruntime CPU, batch 1, {args.threads} intra-op thread(s), repeats {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
