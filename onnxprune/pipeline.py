@@ -188,7 +188,7 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
     plan_steps: list[PlanStep] = []
     changed_io: list[dict] = []
     runs = [(m, i) for m in methods for i in range(pipeline.iterations if m.needs_data else 1)]
-    goals = _goals(options.target, [m for m, _ in runs], source.summary)
+    goals = _goals(options.target, [m for m, _ in runs], source.summary, pipeline.input_shapes)
     for (meth, iteration), goal in zip(runs, goals, strict=True):
         if goal is not None and goal.origin is None and steps and options.target.kind == "latency":
             goal = replace(goal, origin=_latency_origin(steps))
@@ -227,7 +227,9 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
         if options.target.kind == "latency":
             with timer("latency"):
                 report["target"].update(
-                    written_latency(source.model, current, options.target, report["target"], providers)
+                    written_latency(
+                        source.model, current, options.target, report["target"], providers, pipeline.input_shapes
+                    )
                 )
     plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
     return PruneResult(current, report, [s.plan for s in steps], plan_file)
@@ -304,15 +306,16 @@ def _run_prepasses(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.Model
     return PassManager([PASSES[name] for name in names]).run(model) if names else model
 
 
-def _goals(target: Target | None, runs: list[Method], before: dict) -> list[StepTarget | None]:
+def _goals(target: Target | None, runs: list[Method], before: dict, shapes=None) -> list[StepTarget | None]:
     """Per run of a method: what it must meet under `target` (budget.run: equal geometric shares; the
-    origin is the input model's count, or for latency the first target step's own measurement)."""
+    origin is the input model's count, or for latency the first target step's own measurement; `shapes`:
+    --input-shape, where latency is timed)."""
     if target is None:
         return [None] * len(runs)
     taking = [m for m in runs if m.damage is not None]
     fractions = iter(step_fractions(target, len(taking)))
     origin = before.get(target.kind)
-    return [StepTarget(target, next(fractions), origin) if m.damage is not None else None for m in runs]
+    return [StepTarget(target, next(fractions), origin, shapes) if m.damage is not None else None for m in runs]
 
 
 def _latency_origin(steps: list[Step]) -> float | None:

@@ -215,7 +215,7 @@ def test_fake_cost_model_drives_the_pipeline(monkeypatch, tmp_path):
     """An injected CostModel for "latency": the allocation follows its costs and its preferred widths."""
     made = {}
 
-    def fake(model, index, analysis, providers, batch):
+    def fake(model, index, analysis, providers, batch, shapes):
         sizes = {g.id: g.size for g in analysis.groups}
         expensive = next(g.id for g in analysis.groups if g.producers[0].node == "c2")
         made["model"] = FakeCost({g: (100.0 if g == expensive else 1.0) for g in sizes}, sizes, (2, 4, 6, 8, 10))

@@ -148,8 +148,11 @@ class CountedCost:
         return None
 
 
-def params_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1) -> CountedCost:
-    """Float initializer entries (io.count_params) for kept counts per group (`providers`, `batch`: unused)."""
+def params_cost(
+    model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1, input_shapes=None
+) -> CountedCost:
+    """Float initializer entries (io.count_params) for kept counts per group
+    (`providers`, `batch`, `input_shapes`: unused)."""
     shapes = ReducedShapes(index, analysis)
     items = {}
     for tensor in model.graph.initializer:
@@ -162,8 +165,11 @@ def _size(name: str, shapes: ReducedShapes) -> int:
     return int(np.prod(shapes.shape(name), dtype=np.int64))
 
 
-def macs_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1) -> CountedCost:
-    """Multiply-accumulates of one sample (analysis.cost.model_macs) for kept counts per group (`batch`: unused)."""
+def macs_cost(
+    model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers=(), batch=1, input_shapes=None
+) -> CountedCost:
+    """Multiply-accumulates of one sample (analysis.cost.model_macs) for kept counts per group
+    (`batch`, `input_shapes`: unused)."""
     shapes = ReducedShapes(index, analysis)
     items = {}
     for position, node in enumerate(index.nodes):
@@ -178,20 +184,23 @@ def _macs(node, shapes: ReducedShapes) -> int:
     return node_macs(shapes, node)
 
 
-def latency_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1):
-    """Seconds of one run at `batch`, measured with onnxruntime (budget.latency.LatencyCostModel)."""
+def latency_cost(model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1, shapes=None):
+    """Seconds of one run at `batch` (symbolic input dims sized by `shapes`, --input-shape), measured with
+    onnxruntime (budget.latency.LatencyCostModel)."""
     from .latency import LatencyCostModel  # noqa: PLC0415 (loaded only when a latency target asks)
 
-    return LatencyCostModel(model=model, analysis=analysis, index=index, providers=providers, batch=batch)
+    return LatencyCostModel(
+        model=model, analysis=analysis, index=index, providers=providers, batch=batch, shapes=shapes
+    )
 
 
-#: kind -> builder(model, index, analysis, providers, batch) of its CostModel; a test may register a fake.
+#: kind -> builder(model, index, analysis, providers, batch, shapes) of its CostModel; a test may register a fake.
 COST_MODELS: dict[str, Callable[..., CostModel]] = {"params": params_cost, "macs": macs_cost, "latency": latency_cost}
 
 
 def build_cost_model(
-    kind: str, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1
+    kind: str, model: onnx.ModelProto, index: GraphIndex, analysis: Analysis, providers, batch: int = 1, shapes=None
 ) -> CostModel:
     """The CostModel of `kind` for the model behind `index`: counted (params, MACs) or measured (latency,
     with onnxruntime on `providers` at `batch`)."""
-    return COST_MODELS[kind](model, index, analysis, providers, batch)
+    return COST_MODELS[kind](model, index, analysis, providers, batch, shapes)

@@ -93,10 +93,13 @@ def check_latency_target(target: float, measured: float, predicted: float | None
     return False, f"{text}: missed by {missed:.0%}; {why}"
 
 
-def written_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, target, summary: dict, providers) -> dict:
+def written_latency(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, target, summary: dict, providers, shapes=None
+) -> dict:
     """The report's measured part of a latency `target` (methods.base.Target): the pruned model's latency
     against the original at the target's batch, and whether it meets the target within SLACK, the
-    cost model's planned fraction (`summary["planned_fraction"]`) named as the prediction."""
-    measured, details = measure_latency_ratio(original, pruned, target.batch, providers)
+    cost model's planned fraction (`summary["planned_fraction"]`) named as the prediction; `shapes`
+    (--input-shape) sizes symbolic input dims."""
+    measured, details = measure_latency_ratio(original, pruned, target.batch, providers, shapes=shapes)
     met, message = check_latency_target(target.fraction, measured, summary.get("planned_fraction"))
     return {"measured_fraction": measured, "measured": details, "met": met, "measured_message": message}

@@ -47,6 +47,7 @@ class StepTarget:
     target: Target
     fraction: float
     origin: float | None
+    shapes: dict[str, tuple] | None = None  # --input-shape: sizes symbolic input dims where latency is timed
 
 
 def check_target(target: Target, methods: Sequence[Method]) -> None:
@@ -77,7 +78,7 @@ def decide_to_target(
     ctx = MethodContext.build(meth, model, index, analysis, options.for_methods(), stats)
     if meth.damage is None:  # its own amount (relief): runs as it is
         return meth.decide(ctx)
-    costs = build_cost_model(step.target.kind, model, index, analysis, providers, step.target.batch)
+    costs = build_cost_model(step.target.kind, model, index, analysis, providers, step.target.batch, step.shapes)
     before = costs.cost({})
     budget = step.fraction * (before if step.origin is None else step.origin)
     curves = meth.damage(ctx)
