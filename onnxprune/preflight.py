@@ -190,6 +190,11 @@ def check_plot(path: Path) -> None:
     """--plot with --target: a PNG file, and matplotlib to draw it."""
     if path.suffix.lower() != ".png":
         raise OptionError(f"--plot {path}: with --target, give a .png file for the allocation figure")
+    check_matplotlib()
+
+
+def check_matplotlib() -> None:
+    """--plot needs matplotlib (the `plot` extra): one clear line when it is missing."""
     try:
         import matplotlib  # noqa: F401, PLC0415
     except ImportError:

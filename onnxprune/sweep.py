@@ -400,10 +400,7 @@ def check_plot_path(path: Path, inputs: dict[str, list[Path]]) -> None:
     if path.suffix.lower() != ".png":
         raise OptionError(f"--plot {path}: the curve is written as PNG; give a file name ending in .png")
     _as_option_error(preflight.check_outputs, inputs, {"--plot": path})
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise OptionError("--plot: matplotlib is not installed; pip install 'onnxprune[plot]' or drop --plot") from None
+    preflight.check_matplotlib()
 
 
 def plot(result: SweepResult, path: str | Path) -> None:
