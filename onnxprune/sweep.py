@@ -32,6 +32,7 @@ import onnx
 
 from . import io, preflight, progress
 from .bench import measure
+from .budget.latency_check import measure_latency_ratio
 from .errors import ModelLoadError, OptionError, OutputPathError
 from .feeds import Dataset, fixed_batch, input_specs, load_dataset
 from .methods.base import PruneOptions, Target
@@ -267,9 +268,10 @@ def _validation_set(validation_data, calib: Dataset | None, signature, pipeline:
 
 
 class _Timing:
-    """Latency of pruned models as a ratio to the original's: `rounds` times the original then the
-    pruned model, each the median of `repeats` runs (raised so that one measurement lasts at least
-    MIN_SECONDS: a tiny model's single run is too short to time), the median of the rounds' ratios."""
+    """Latency of pruned models as a ratio to the original's: `rounds` interleaved comparisons
+    (budget.latency_check.measure_latency_ratio: both sessions in one process, taking turns, each the
+    median of `repeats` runs; `repeats` raised so that one measurement lasts at least MIN_SECONDS: a
+    tiny model's single run is too short to time), the median of the rounds' ratios."""
 
     MIN_SECONDS = 0.2
     MAX_REPEATS = 1000
@@ -284,19 +286,23 @@ class _Timing:
         self.shapes = dict(pipeline.input_shapes or {})
         self.original_ms: list[float] = []
 
-    def _median_ms(self, model: str | onnx.ModelProto) -> float:
-        median = measure(model, self.batch, self.providers, self.warmup, self.repeats, shapes=self.shapes).median_ms
-        if not self.original_ms and median * self.repeats < 1000 * self.MIN_SECONDS:  # the first one only
+    def _fit_repeats(self) -> None:
+        """Once, before the first comparison: enough repeats for MIN_SECONDS of the original's runs."""
+        first = measure(self.model, self.batch, self.providers, self.warmup, self.repeats, shapes=self.shapes)
+        median = first.median_ms
+        if median * self.repeats < 1000 * self.MIN_SECONDS:
             self.repeats = min(self.MAX_REPEATS, math.ceil(1000 * self.MIN_SECONDS / max(median, 1e-3)))
-            median = measure(model, self.batch, self.providers, self.warmup, self.repeats, shapes=self.shapes).median_ms
-        return median
 
     def ratio(self, pruned: onnx.ModelProto) -> float:
+        if not self.original_ms:
+            self._fit_repeats()
         ratios = []
         for _ in range(self.rounds):
-            original = self._median_ms(self.model)
-            self.original_ms.append(original)
-            ratios.append(self._median_ms(pruned) / original)
+            ratio, details = measure_latency_ratio(
+                self.model, pruned, self.batch, self.providers, self.repeats, self.warmup, shapes=self.shapes
+            )
+            self.original_ms.append(details["original_ms"])
+            ratios.append(ratio)
         return float(np.median(ratios))
 
 
