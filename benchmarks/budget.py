@@ -34,7 +34,7 @@ import onnx
 from PIL import Image, ImageDraw, ImageFont
 
 from onnxprune import PruneOptions, prune
-from onnxprune.methods.base import Target
+from onnxprune.methods.base import TARGET_SAMPLES, Target
 from onnxprune.runtime import run, session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ class Case:
     calib: Path
     test: Path
     metric: str  # "accuracy" or "drift"
-    probe_samples: int = 32  # --target-samples: images of each output-error probe
+    probe_samples: int = TARGET_SAMPLES  # --target-samples: images of each output-error probe
 
 
 # ---- data ---------------------------------------------------------------------------------------------

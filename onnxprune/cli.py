@@ -19,7 +19,7 @@ from . import atomic, failure, io, preflight, progress
 from .budget.plot import plot_allocation
 from .datasplit import HOLDOUT, MIN_HELD, RANDOM_SAMPLES
 from .gate import Gate, GateError, alarms
-from .methods.base import PruneOptions, Target
+from .methods.base import TARGET_PROBES, TARGET_SAMPLES, PruneOptions, Target
 from .methods.registry import METHODS, method_options
 from .pipeline import PipelineOptions, apply, inspect_model, prune
 from .report import inspect_table, summary_lines
@@ -128,14 +128,14 @@ _INPUT_SHAPE = click.option(
 )
 @click.option(
     "--target-probes",
-    default=3,
+    default=TARGET_PROBES,
     show_default=True,
     type=int,
     help="--target: counts per group at which the model's output error is measured to calibrate obs curves (0: none).",
 )
 @click.option(
     "--target-samples",
-    default=32,
+    default=TARGET_SAMPLES,
     show_default=True,
     type=int,
     help="--target: calibration samples of each output-error measurement.",

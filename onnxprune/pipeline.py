@@ -228,7 +228,7 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
             with timer("latency"):
                 report["target"].update(
                     written_latency(
-                        source.model, current, options.target, report["target"], providers, pipeline.input_shapes
+                        source.reference, current, options.target, report["target"], providers, pipeline.input_shapes
                     )
                 )
     plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
@@ -256,7 +256,9 @@ def apply(model: str | Path | onnx.ModelProto, plan: PlanFile | str | Path) -> o
 @dataclass(frozen=True)
 class _Source:
     """The input model, its signature (inputs, outputs) for validation and its size before pruning.
-    A model loaded from a file is never copied: validation reads the file again (`reference`)."""
+    `model` is the working copy: the prologue and every step edit it in place, so after the steps it
+    is the pruned model. Comparisons with the original use `reference`: the file, read again (a model
+    loaded from a file is never copied), or the caller's proto (never edited)."""
 
     model: onnx.ModelProto
     reference: str | onnx.ModelProto

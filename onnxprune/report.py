@@ -155,6 +155,9 @@ def target_lines(report: dict) -> list[str]:
         ]
     else:
         lines = [f"target     {target['target']}: planned {100 * target.get('planned_fraction', 1.0):.1f}% of {kind}"]
+        if target.get("closed_loop"):
+            timed = ", ".join(f"{r['measured']:.2f}" for r in target["closed_loop"])
+            lines[0] += f" (allocations timed while planning: {timed} of the original)"
         if "measured_message" in target:
             lines.append(f"measured   {target['measured_message']}")
     records = [s["target"] for s in report.get("steps", []) if s.get("target")]

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from onnxprune import PruneOptions, prune
+from onnxprune import PruneOptions, io, pipeline, prune
 from onnxprune.budget import costs
 from onnxprune.budget.allocate import Options, allocate
 from onnxprune.budget.costs import macs_cost, params_cost
+from onnxprune.budget.latency_check import written_latency
 from onnxprune.errors import OptionError
 from onnxprune.graph import GraphIndex
 from onnxprune.methods.base import Target
@@ -223,8 +224,18 @@ def test_fake_cost_model_drives_the_pipeline(monkeypatch, tmp_path):
         return made["model"]
 
     monkeypatch.setitem(costs.COST_MODELS, "latency", fake)
+    compared = []
+
+    def recording(original, pruned, *args):
+        compared.append((original, io.count_params(pruned)))
+        return written_latency(original, pruned, *args)
+
+    monkeypatch.setattr(pipeline, "written_latency", recording)
     path = _save(chain_cnn(), tmp_path, "chain.onnx")
     result = prune(path, "magnitude", PruneOptions(target="latency=0.6"), providers="cpu", run_validation=False)
+    # the written model is timed against the original file, not against the working copy it was cut from
+    assert compared == [(str(path), result.report["params_after"])]
+    assert result.report["params_after"] < result.report["params_before"]
     record = result.report["steps"][0]["target"]
     assert record["planned_cost"] <= 0.6 * record["cost_before"]
     rows = {g["id"]: g for g in result.report["groups"]}
@@ -355,3 +366,64 @@ def test_plot_from_report(tmp_path):
     assert written.stat().st_size > 10_000
     weights = numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == "fc.w"))
     assert weights.shape[0] < 96  # the Flatten rows of removed c3 channels went
+
+
+# ---- a measured cost: the allocation is timed and made again (closed loop) ------------------------------
+class MeasuredFakeCost(FakeCost):
+    """Predicts (sum_g weight_g * kept_g + fixed), scaled so that nothing removed predicts the true
+    time, but "runs" in true_fixed + sum_g true_g * kept_g: the tables mislead. measure(kept), as
+    LatencyCostModel.measure, gives the true ratio."""
+
+    def __init__(self, weights, true_weights, sizes, fixed=0.0, true_fixed=0.0):
+        super().__init__(weights, sizes)
+        self.true_weights, self.fixed, self.true_fixed, self.timed = true_weights, fixed, true_fixed, []
+        self.whole = self.true({})
+        self.scale = self.whole / (fixed + super().cost({}))
+
+    def cost(self, kept) -> float:
+        return self.scale * (self.fixed + super().cost(kept))
+
+    def true(self, kept) -> float:
+        return self.true_fixed + sum(w * kept.get(g, self.sizes[g]) for g, w in self.true_weights.items())
+
+    def measure(self, kept) -> float:
+        self.timed.append(self.true(kept) / self.whole)
+        return self.timed[-1]
+
+
+def _misled(sizes):
+    """Group 0's channels cost little in the tables but most of the true time: the open-loop
+    allocation (removing the cheap-looking group last) misses."""
+    return MeasuredFakeCost({0: 1.0, 1: 4.0}, {0: 6.0, 1: 1.0}, sizes, fixed=20.0, true_fixed=5.0)
+
+
+def test_closed_loop_meets_a_budget_the_tables_miss():
+    from onnxprune.budget.run import CLOSED_LOOP, HIGH, LOW, measured_allocation
+
+    sizes = {0: 32, 1: 32}
+    options = {0: _curve(32, 1.0, 1.0), 1: _curve(32, 1.0, 1.0)}
+    fraction = 0.6
+    open_loop = _misled(sizes)
+    first = allocate(options, sizes, open_loop, fraction * open_loop.whole)
+    missed = open_loop.true(first.kept(sizes)) / open_loop.whole
+    assert not LOW * fraction <= missed <= HIGH * fraction  # the tables alone miss: the test can fail
+
+    closed = _misled(sizes)
+    allocation, measured, rounds = measured_allocation(options, sizes, closed, fraction * closed.whole)
+    reached = closed.true(allocation.kept(sizes)) / closed.whole
+    assert measured == reached and LOW * fraction <= reached <= HIGH * fraction
+    assert [r["measured"] for r in rounds] == closed.timed and 1 < len(rounds) <= CLOSED_LOOP
+    assert rounds[0]["measured"] == pytest.approx(missed)
+    assert all(r["wanted"] == pytest.approx(fraction) for r in rounds)
+
+
+def test_closed_loop_stops_when_nothing_more_can_go():
+    """A target below what removing every allowed channel reaches: one timing says so, no more rounds."""
+    from onnxprune.budget.run import measured_allocation
+
+    sizes = {0: 8, 1: 8}
+    options = {g: Options(np.arange(5), np.arange(5.0)) for g in sizes}  # at most 4 of 8 may go
+    model = MeasuredFakeCost({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0}, sizes, fixed=0.0, true_fixed=16.0)
+    allocation, measured, rounds = measured_allocation(options, sizes, model, 0.2 * model.whole)
+    assert not allocation.reachable and allocation.removed == {0: 4, 1: 4}
+    assert len(rounds) == 1 and measured == rounds[0]["measured"] == pytest.approx((16 + 8) / 32)

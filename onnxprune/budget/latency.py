@@ -41,6 +41,12 @@ once; no cost goes below FLOOR W_1). Without that second point, or when it shows
 alpha = 0 and beta = W_1 / L(full). In every case cost({}) = W_1: the measured time of the original model.
 Timings are the fastest of interleaved repeats (budget/timing.py says why).
 
+**Closed loop** (measure(kept), used by budget/run.py for a latency target). The fit above is exact at
+two points, the original and the uniform half; a non-uniform choice far from both can run slower or
+faster than it predicts (layers outside the tables, kernels that change with the widths). So the
+allocator's choice is shrunk and timed against the original, and the budget given to the allocator is
+corrected until the measured ratio meets the target (budget/run.py: measured_allocation).
+
 **What it does not see.** Only the four weight ops are timed; recurrent layers (LSTM/GRU/RNN), fused
 attention and MatMuls between two activations are part of alpha + the fit, so pruning them predicts
 no speed-up. The tables are timed at fast widths (multiples of 8 on wide axes), so a choice of counts
@@ -252,16 +258,22 @@ class LatencyCostModel:
         if rest:
             measured = rest[0] / whole  # rho: both timed in the same interleaved call
             tabled = self.layer_sum(half_kept) / full  # lambda: both from the tables
-            slope = (1 - measured) / (1 - tabled) if tabled < 1 else 0.0  # b'
             self.calibration = {"whole_s": whole, "half_s": rest[0], "layers_full_s": full}
             self.calibration.update(half_ratio=measured, tables_half_ratio=tabled)
-            if slope > 0:
-                return whole, whole * (1 - slope), whole * slope / full
-            log.info("latency: the half-width model ran no faster (slope %.3g: measured %.3f, tables %.3f)",
-                     slope, measured, tabled)  # fmt: skip
+            fit = _through(whole, full, measured, tabled)
+            if fit is not None:
+                return (whole, *fit)
+            log.info("latency: the half-width model ran no faster (measured %.3f, tables %.3f)", measured, tabled)
         if whole >= full:
             return whole, whole - full, 1.0
         return whole, 0.0, whole / full
+
+    def measure(self, kept: Mapping[int, int]) -> float:
+        """The measured latency ratio of the model shrunk to `kept` against the original: one interleaved
+        call per CALIBRATION_CALLS, the fastest of each model's repeats, as the fit's own points."""
+        runs = [(self.model, self._feeds), (_shrunk(self.model, self.analysis, kept), self._feeds)]
+        whole, pruned = np.min([self.timer(runs) for _ in range(CALIBRATION_CALLS)], axis=0).tolist()
+        return pruned / whole
 
     # ---- preferred widths ---------------------------------------------------------------------
     def preferred_widths(self, group: Group) -> tuple[int, ...] | None:
@@ -357,6 +369,17 @@ def uniform_half(groups) -> dict[int, int]:
             half = min(group.size, math.ceil(half / BLOCK) * BLOCK)
         kept[group.id] = max(half, group.size - len(group.free))
     return kept
+
+
+def _through(whole: float, full: float, measured: float, tabled: float) -> tuple[float, float] | None:
+    """(alpha, beta) of cost = alpha + beta L through the original (L(full), whole) and a second choice
+    whose time ratio measured `measured` (rho) where the tables give `tabled` (lambda):
+    b' = (1 - rho) / (1 - lambda), beta = whole b' / L(full), alpha = whole (1 - b'). None when the
+    choice shows no speed-up or the tables no change (b' undefined or <= 0)."""
+    if full <= 0 or tabled >= 1:
+        return None
+    slope = (1 - measured) / (1 - tabled)
+    return (whole * (1 - slope), whole * slope / full) if slope > 0 else None
 
 
 def _shrunk(model: onnx.ModelProto, analysis: Analysis, kept: Mapping[int, int]) -> onnx.ModelProto:

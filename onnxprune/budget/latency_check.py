@@ -94,7 +94,7 @@ def check_latency_target(target: float, measured: float, predicted: float | None
 
 
 def written_latency(
-    original: onnx.ModelProto, pruned: onnx.ModelProto, target, summary: dict, providers, shapes=None
+    original: onnx.ModelProto | str, pruned: onnx.ModelProto, target, summary: dict, providers, shapes=None
 ) -> dict:
     """The report's measured part of a latency `target` (methods.base.Target): the pruned model's latency
     against the original at the target's batch, and whether it meets the target within SLACK, the

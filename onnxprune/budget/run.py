@@ -35,6 +35,13 @@ from .curves import OUTPUT_ERROR, calibrate, choices
 
 #: allocations tried again with a tightened budget when the plan's exact count overshoots
 RETRIES = 2
+#: a measured cost (latency) is timed at most this many times, the allocation made again after each
+CLOSED_LOOP = 6
+#: ... and is accepted within [LOW, HIGH] x the budget: above it misses, below it removes more than asked
+LOW, HIGH = 0.9, 1.05
+#: the smallest goal (share of the model's time) the closed loop asks the allocator for; one step
+#: on a line at most halves the goal, and an interpolation stays this share of the bracket inside it
+MIN_GOAL, INSIDE = 0.01, 0.1
 #: points of each group's curve kept in the report (plus the chosen and the probed ones)
 REPORT_POINTS = 48
 
@@ -93,7 +100,7 @@ def decide_to_target(
     groups = {g.id: g for g in analysis.groups}
     options_of = choices(curves, groups, options, costs)
     sizes = {g: groups[g].size for g in options_of}
-    allocation, plan, planned = _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget)
+    allocation, plan, planned, rounds = _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget)
     notes = dict(plan.notes)
     units = {c.unit for c in curves.values()}
     unit = units.pop() if len(units) == 1 else "mixed"
@@ -117,13 +124,21 @@ def decide_to_target(
         "damage_unit": unit,
         "groups": rows,
     }
+    if rounds is not None:
+        notes["target"]["closed_loop"] = rounds
     return PruningPlan(plan.removed, plan.updates, plan.method, notes)
 
 
 def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
     """The allocation within `budget` and the method's plan for it. A counted cost is checked on the
     channels the plan removes (exact even where a group's channels hold unequal shares of an axis, after
-    a Split); an overshoot tightens the budget by as much and allocates again (at most RETRIES times)."""
+    a Split); an overshoot tightens the budget by as much and allocates again (at most RETRIES times).
+    A measured cost (one with `measure`) is checked by timing (measured_allocation); its planned cost
+    is then the measured one."""
+    if getattr(costs, "measure", None) is not None:
+        allocation, measured, rounds = measured_allocation(options_of, sizes, costs, budget)
+        plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
+        return allocation, plan, measured * costs.whole, rounds
     goal, attempt = budget, 0
     while True:
         allocation = allocate(options_of, sizes, costs, goal)
@@ -131,8 +146,78 @@ def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
         exact = getattr(costs, "of_removed", None)
         planned = exact(plan.removed, ctx.analysis.num_channels) if exact else allocation.cost
         if planned <= budget or attempt == RETRIES:
-            return allocation, plan, planned
+            return allocation, plan, planned, None
         goal, attempt = goal - (planned - budget), attempt + 1
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """One allocation of the closed loop: made within goal x the model's time, measured at `measured`."""
+
+    goal: float
+    measured: float
+    allocation: Allocation
+
+
+def measured_allocation(options_of, sizes, costs, budget: float) -> tuple[Allocation, float, list[dict]]:
+    """The allocation within `budget` (a measured cost: costs.measure(kept) times the model shrunk to
+    kept against the model), corrected by timing it: the cost model prices a non-uniform choice only
+    approximately, and only the counts matter for the time, so the method decides once, afterwards.
+
+    With w = budget / time (the wanted ratio) and f(p) the measured ratio of the allocation made
+    within p x time (f falls as p falls), p is searched for f(p) = w: first p = w; with measured points
+    on both sides of w, linear interpolation between the nearest two (regula falsi, kept INSIDE the
+    bracket); with points on one side only, the line through (1, 1) (nothing removed runs at the
+    model's time) and the nearest point, p' = 1 - (1 - w)(1 - p) / (1 - f(p)), but at least p / 2.
+    At most CLOSED_LOOP timings, fewer when f(p) lies within [LOW, HIGH] x w, when nothing more can
+    be removed, or when the next allocation is one already timed.
+    The result is the timed allocation within the band that removes least; else the one that measured
+    below the band closest to w; else the fastest. Returns it, its measured ratio, and every timing
+    (goal, planned and measured ratios) for the report."""
+    wanted, tried = budget / costs.whole, []
+    goal = wanted
+    for _ in range(CLOSED_LOOP):
+        allocation = allocate(options_of, sizes, costs, goal * costs.whole)
+        if any(t.allocation.removed == allocation.removed for t in tried):
+            break
+        tried.append(_Timed(goal, costs.measure(allocation.kept(sizes)), allocation))
+        last = tried[-1]
+        if LOW * wanted <= last.measured <= HIGH * wanted or (last.measured > wanted and not allocation.reachable):
+            break
+        goal = _next_goal(tried, wanted)
+    chosen = _closest(tried, wanted)
+    rounds = [
+        {"goal": t.goal, "planned": t.allocation.cost / costs.whole, "measured": t.measured, "wanted": wanted}
+        for t in tried
+    ]
+    return chosen.allocation, chosen.measured, rounds
+
+
+def _next_goal(tried: list[_Timed], wanted: float) -> float:
+    slow = [t for t in tried if t.measured > wanted]
+    fast = [t for t in tried if t.measured <= wanted]
+    if slow and fast:
+        hi, lo = min(slow, key=lambda t: t.measured), max(fast, key=lambda t: t.measured)
+        span = hi.goal - lo.goal
+        if hi.measured == lo.measured:
+            return lo.goal + span / 2
+        step = (wanted - lo.measured) / (hi.measured - lo.measured)
+        return lo.goal + span * min(max(step, INSIDE), 1 - INSIDE)
+    near = min(tried, key=lambda t: abs(t.measured - wanted))
+    if near.measured >= 1:  # no speed-up measured yet
+        return max(MIN_GOAL, near.goal / 2)
+    line = 1 - (1 - wanted) * (1 - near.goal) / (1 - near.measured)
+    return min(1.0, max(MIN_GOAL, near.goal / 2, line))
+
+
+def _closest(tried: list[_Timed], wanted: float) -> _Timed:
+    band = [t for t in tried if LOW * wanted <= t.measured <= HIGH * wanted]
+    if band:
+        return max(band, key=lambda t: t.goal)
+    below = [t for t in tried if t.measured < LOW * wanted]
+    if below:
+        return max(below, key=lambda t: t.measured)
+    return min(tried, key=lambda t: t.measured)
 
 
 def _why(removed: int, size: int, damage: float, marginal: float | None, unit: str, kind: str) -> str:
@@ -186,6 +271,8 @@ def target_summary(target: Target, report: dict, plans: Sequence[PruningPlan]) -
         origin = records[0]["cost_before"]
         summary.update(before=origin, budget=target.fraction * origin, planned=records[-1]["planned_cost"])
         summary["planned_fraction"] = records[-1]["planned_cost"] / origin if origin else 1.0
+        if records[-1].get("closed_loop"):
+            summary["closed_loop"] = records[-1]["closed_loop"]
     if records:
         summary["damage_unit"] = records[-1]["damage_unit"]
     return summary
