@@ -228,8 +228,14 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
             with timer("latency"):
                 report["target"].update(
                     written_latency(
-                        source.reference, current, options.target, report["target"], providers, pipeline.input_shapes
-                    )
+                        source.reference,
+                        current,
+                        options.target,
+                        report["target"],
+                        providers,
+                        pipeline.input_shapes,
+                        _kept(changed_io),
+                    )  # fmt: skip
                 )
     plan_file = PlanFile(tuple(plan_steps), pipeline.sparse_storage)
     return PruneResult(current, report, [s.plan for s in steps], plan_file)
@@ -408,10 +414,15 @@ def _data(calibration, validation_data, model: onnx.ModelProto, runnable, method
 
 
 def _validate(source: _Source, model: onnx.ModelProto, checks: Dataset, providers, changed_io=()) -> dict:
-    kept = {c["name"]: (c["axis"], c["kept"]) for c in changed_io}
     return validate(
-        source.reference, model, checks.feeds, checks.labels, list(providers), signature=source.signature, kept=kept
-    )
+        source.reference, model, checks.feeds, checks.labels, list(providers), signature=source.signature,
+        kept=_kept(changed_io),
+    )  # fmt: skip
+
+
+def _kept(changed_io) -> dict[str, tuple[int, list[int]]]:
+    """The graph inputs and outputs that shrank with their heads: name -> (axis, positions kept)."""
+    return {c["name"]: (c["axis"], c["kept"]) for c in changed_io}
 
 
 def _check_finite(plan: PruningPlan) -> None:

@@ -121,7 +121,7 @@ def validate(
     names = [o.name for o in ref_sess.get_outputs()]
     with progress.stage(log, "validation runs", samples=sample_count(feeds), outputs=len(names)):
         reference = run_batches(ref_sess, feeds, desc="validate original")
-        candidate = run_batches(new_sess, {k: _at(v, kept.get(k)) for k, v in feeds.items()}, desc="validate pruned")
+        candidate = run_batches(new_sess, kept_feeds(feeds, kept), desc="validate pruned")
     reference = [_at(r, kept.get(name)) for name, r in zip(names, reference, strict=True)]
     report = {
         "samples": sample_count(feeds),
@@ -135,6 +135,13 @@ def validate(
 
 def _at(value: np.ndarray, where: tuple[int, list[int]] | None) -> np.ndarray:
     return value if where is None else np.take(value, where[1], axis=where[0])
+
+
+def kept_feeds(feeds: dict[str, np.ndarray], kept: dict[str, tuple[int, list[int]]] | None) -> dict[str, np.ndarray]:
+    """The original model's feeds as the pruned model takes them: each input named in `kept` (a KV
+    cache whose heads went: name -> (axis, positions kept)) sliced to its kept positions."""
+    kept = kept or {}
+    return {name: _at(value, kept.get(name)) for name, value in feeds.items()}
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -252,3 +252,25 @@ def test_a_dim_onnx_inference_names_itself_is_recovered():
     index = GraphIndex.build(model)
     merged = next(n.output[0] for n in model.graph.node if n.name.endswith("attention/self/Reshape_3"))
     assert index.shape(merged)[-1] == 32
+
+
+def test_latency_of_a_cache_model_feeds_the_pruned_caches_their_kept_heads():
+    """The pruned model's past caches are smaller: the latency check feeds them sliced (as validation
+    does); with the original's feeds unchanged onnxruntime refuses the run."""
+    import itertools
+
+    from onnxprune import prune
+    from onnxprune.budget.latency_check import measure_latency_ratio
+    from onnxprune.pipeline import _kept
+
+    original = str(DATA / "gpt2_cache.onnx")
+    result = prune(original, method="magnitude")
+    kept = _kept(result.report["changed_io"])
+    assert kept and all(name.startswith(("past.", "present.")) for name in kept)
+    ticks = itertools.count()
+    ratio, details = measure_latency_ratio(
+        original, result.model, batch=2, repeats=3, warmup=1, kept=kept, clock=lambda: float(next(ticks))
+    )
+    assert ratio == 1.0 and details["repeats"] == 3
+    with pytest.raises(Exception, match="(?i)dim|shape"):
+        measure_latency_ratio(original, result.model, batch=2, repeats=1, warmup=0)

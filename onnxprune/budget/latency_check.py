@@ -17,7 +17,7 @@ import onnx
 
 from ..bench import check_batches
 from ..feeds import input_shapes
-from ..validate import random_feeds
+from ..validate import kept_feeds, random_feeds
 from .timing import check_providers, interleaved, session
 
 #: a measured ratio may exceed the target by this share and still meet it (timing noise)
@@ -34,17 +34,20 @@ def measure_latency_ratio(
     threads: int = 0,
     shapes: dict[str, tuple] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    kept: dict[str, tuple[int, list[int]]] | None = None,
 ) -> tuple[float, dict]:
     """median(pruned run seconds) / median(original run seconds), the runs interleaved, and details:
     both medians in ms, the ratio of the fastest runs (less sensitive to a busy machine), the spread
-    (interquartile range / median) of each, batch, providers, repeats."""
+    (interquartile range / median) of each, batch, providers, repeats. `kept`: the pruned model's
+    inputs that shrank with its heads (KV caches; validate.kept_feeds), fed sliced to their kept
+    positions."""
     providers = check_providers(providers)
     proto = onnx.load(original, load_external_data=False) if isinstance(original, str) else original
     check_batches(proto, [batch], "the model", "--latency-batch")
     given = input_shapes(proto, batch, shapes, source=original)
     feeds = random_feeds(proto, batch, shapes=given, source=original)
     sessions = [session(m, providers, threads) for m in (original, pruned)]
-    times = interleaved(sessions, feeds, repeats, warmup, clock)
+    times = interleaved(sessions, [feeds, kept_feeds(feeds, kept)], repeats, warmup, clock)
     medians = [float(np.median(t)) for t in times]
     spreads = [_spread(t, m) for t, m in zip(times, medians, strict=True)]
     ratio = medians[1] / medians[0] if medians[0] > 0 else float("nan")
@@ -94,12 +97,12 @@ def check_latency_target(target: float, measured: float, predicted: float | None
 
 
 def written_latency(
-    original: onnx.ModelProto | str, pruned: onnx.ModelProto, target, summary: dict, providers, shapes=None
+    original: onnx.ModelProto | str, pruned: onnx.ModelProto, target, summary: dict, providers, shapes=None, kept=None
 ) -> dict:
     """The report's measured part of a latency `target` (methods.base.Target): the pruned model's latency
     against the original at the target's batch, and whether it meets the target within SLACK, the
     cost model's planned fraction (`summary["planned_fraction"]`) named as the prediction; `shapes`
-    (--input-shape) sizes symbolic input dims."""
-    measured, details = measure_latency_ratio(original, pruned, target.batch, providers, shapes=shapes)
+    (--input-shape) sizes symbolic input dims; `kept` names the inputs that shrank (KV caches)."""
+    measured, details = measure_latency_ratio(original, pruned, target.batch, providers, shapes=shapes, kept=kept)
     met, message = check_latency_target(target.fraction, measured, summary.get("planned_fraction"))
     return {"measured_fraction": measured, "measured": details, "met": met, "measured_message": message}
