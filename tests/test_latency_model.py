@@ -334,3 +334,10 @@ def test_report_names_the_fit_and_the_probed_round_to():
 def test_check_latency_target_refuses_a_target_outside_0_1():
     with pytest.raises(ValueError, match="must be a fraction"):
         check_latency_target(1.5, 0.5)
+
+
+def test_a_target_below_the_measured_floor_says_so():
+    met, line = check_latency_target(0.5, 0.74, predicted=0.72, floor=0.72)
+    assert not met and "removing every channel the options allow measured 0.72 while planning" in line
+    met, line = check_latency_target(0.5, 0.74, predicted=0.72, floor=0.5)  # reachable: the usual reason
+    assert not met and "the allocation itself could not reach the target" in line
