@@ -38,7 +38,10 @@ RETRIES = 2
 #: a measured cost (latency) is timed at most this many times, the allocation made again after each
 CLOSED_LOOP = 6
 #: ... and is accepted within [LOW, HIGH] x the budget: above it misses, below it removes more than asked
-LOW, HIGH = 0.9, 1.05
+#: (HIGH 1: the written model's check allows latency_check.SLACK more, room for the noise between the
+#: planning timings, the fastest of repeats, and the check's median; with 1.05, ddddocr's detector
+#: measured 0.72 while planning and 0.80 in the check of a latency=0.7 target)
+LOW, HIGH = 0.85, 1.0
 #: the smallest goal (share of the model's time) the closed loop asks the allocator for; one step
 #: on a line at most halves the goal, and an interpolation stays this share of the bracket inside it
 MIN_GOAL, INSIDE = 0.01, 0.1
