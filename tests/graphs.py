@@ -359,3 +359,29 @@ def float64_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> lis
     del copy.graph.value_info[:]
     wide = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
     return ReferenceEvaluator(copy).run(None, wide)
+
+
+def cache_shrink_matches_mask(model: onnx.ModelProto, removed: set[int], batch: int = 2) -> list[dict]:
+    """Shrink `model` (with KV-cache inputs and outputs) and compare with the masked original at the
+    kept heads; returns the I/O changes."""
+    analysis = run_analysis(model)
+    new = shrunk_model(model, analysis, removed)
+    onnx.checker.check_model(checkable(new), full_check=True)
+    from onnxprune.report import io_changes  # noqa: PLC0415
+
+    changes = io_changes(analysis, PruningPlan(frozenset(removed)))
+    kept = {c["name"]: (c["axis"], c["kept"]) for c in changes}
+    feeds = random_feeds(model, batch, 0)
+    reference = run_session(masked_model(model, analysis, removed), feeds)
+    candidate = run_session(new, {k: np.take(v, kept[k][1], kept[k][0]) if k in kept else v for k, v in feeds.items()})
+    names = [o.name for o in model.graph.output]
+    for name, ref, got in zip(names, reference, candidate, strict=True):
+        if name in kept:
+            ref = np.take(ref, kept[name][1], kept[name][0])
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+    declared = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*new.graph.input, *new.graph.output]
+    }
+    for change in changes:
+        assert declared[change["name"]][change["axis"]] == change["after"]
+    return changes

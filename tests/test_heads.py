@@ -16,14 +16,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, masked_model, run_analysis, run_session, shrink_matches_mask, shrunk_model
+from graphs import (
+    Builder,
+    cache_shrink_matches_mask,
+    run_analysis,
+    run_session,
+    shrink_matches_mask,
+    shrunk_model,
+)
 
 from onnxprune.analysis.labels import reshape_ids
 from onnxprune.graph import GraphIndex
-from onnxprune.io import checkable, count_params, load_model
+from onnxprune.io import count_params, load_model
 from onnxprune.pipeline import _prologue
-from onnxprune.plan import PruningPlan
-from onnxprune.report import compose_io_changes, io_changes
+from onnxprune.report import compose_io_changes
 from onnxprune.shape_trace import trace_vector
 from onnxprune.validate import random_feeds
 
@@ -72,36 +78,12 @@ def test_removing_heads_matches_the_masked_original(name):
     assert count_params(model) - count_params(new) >= 2 * (per_head if not name.startswith("llama") else 4 * 8 * 32)
 
 
-def _cache_matches_mask(model: onnx.ModelProto, removed: set[int]) -> list[dict]:
-    """Shrink `model` (with KV-cache inputs and outputs) and compare with the masked original at the
-    kept heads; returns the I/O changes."""
-    analysis = run_analysis(model)
-    new = shrunk_model(model, analysis, removed)
-    onnx.checker.check_model(checkable(new), full_check=True)
-    changes = io_changes(analysis, PruningPlan(frozenset(removed)))
-    kept = {c["name"]: (c["axis"], c["kept"]) for c in changes}
-    feeds = random_feeds(model, 2, 0)
-    reference = run_session(masked_model(model, analysis, removed), feeds)
-    candidate = run_session(new, {k: np.take(v, kept[k][1], kept[k][0]) if k in kept else v for k, v in feeds.items()})
-    names = [o.name for o in model.graph.output]
-    for name, ref, got in zip(names, reference, candidate, strict=True):
-        if name in kept:
-            ref = np.take(ref, kept[name][1], kept[name][0])
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
-    declared = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*new.graph.input, *new.graph.output]
-    }
-    for change in changes:
-        assert declared[change["name"]][change["axis"]] == change["after"]
-    return changes
-
-
 @pytest.mark.parametrize("name", CACHED)
 def test_kv_cache_inputs_and_outputs_shrink_with_their_heads(name):
     model = _prepared(name)
     a = run_analysis(model)
     removed = {g.channels[1] for g in _heads(a)}
-    changes = _cache_matches_mask(model, removed)
+    changes = cache_shrink_matches_mask(model, removed)
     kv = 2 if name.startswith("llama") else 4
     assert sorted(c["name"] for c in changes) == sorted(
         f"{kind}.{layer}.{part}" for kind in ("past", "present") for layer in (0, 1) for part in ("key", "value")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import Builder, G, assert_groups, run_analysis, shrink_matches_mask
+from graphs import Builder, G, assert_groups, cache_shrink_matches_mask, run_analysis, shrink_matches_mask, shrunk_model
 from onnx import helper
 
 from onnxprune.graph import attributes
@@ -14,6 +14,7 @@ from onnxprune.graph import attributes
 MS = "com.microsoft"
 B, S = 3, 4
 OUT = "reaches graph output '{}'"
+ATTENTION = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 
 
 def _builder() -> Builder:
@@ -112,22 +113,15 @@ def test_rms_norm_blocks_its_axes_and_passes_the_others(op):
 
 
 # ---- attention ---------------------------------------------------------------------------------------
-def _attention(qkv_sizes=None, past=False):
+def _attention(qkv_sizes=None):
     """x -> Attention (packed QKV weight, 2 heads) -> proj -> output."""
     b = _builder()
     x = b.input("x", [B, S, 8])
     q, k, v = qkv_sizes or (8, 8, 8)
     ins = [x, b.rand((8, q + k + v), "wqkv"), b.rand((q + k + v,), "bqkv")]
     attrs = {"num_heads": 2, **({"qkv_hidden_sizes": [q, k, v]} if qkv_sizes else {})}
-    outs = 1
-    if past:
-        ins += ["", b.input("past", [2, B, 2, 0, q // 2])]
-        outs = 2
-    a = b.node("Attention", ins, n_out=outs, domain=MS, name="att", **attrs)
-    a = a[0] if past else a
+    a = b.node("Attention", ins, domain=MS, name="att", **attrs)
     b.output(b.node("MatMul", [a, b.rand((v, 8), "wo")], name="proj"), [B, S, 8])
-    if past:
-        b.output("att_out1", [2, B, 2, S, q // 2])
     return b.model()
 
 
@@ -149,12 +143,6 @@ def test_attention_heads_are_units_of_the_packed_projection(sizes):
     assert _attrs(new, "att")["num_heads"] == 1
     if sizes:
         assert _attrs(new, "att")["qkv_hidden_sizes"] == [4, 4, 6]
-
-
-def test_attention_with_a_kv_cache_freezes_its_heads():
-    a = run_analysis(_attention(past=True))
-    group = next(g for g in a.groups if g.producers[0].node == "att")
-    assert not group.free and "reads 'past'" in group.frozen
 
 
 def _mha(value_width: int = 12, rotary: bool = True):
@@ -237,10 +225,13 @@ def test_group_query_attention_packed_qkv():
     assert (_attrs(new, "gqa")["num_heads"], _attrs(new, "gqa")["kv_num_heads"]) == (2, 1)
 
 
-def test_group_query_attention_kv_cache_output_freezes_heads():
-    a = run_analysis(_gqa(present_out=True))
+def test_group_query_attention_present_cache_shrinks_with_its_kv_heads():
+    model = _gqa(present_out=True)
+    a = run_analysis(model)
     group = next(g for g in a.groups if "q" in {p.node for p in g.producers})
-    assert not group.free and "writes KV cache 'gqa_out1'" in group.frozen
+    assert group.free == group.channels and group.size == 2
+    changes = cache_shrink_matches_mask(model, {group.channels[0]}, batch=B)
+    assert [(c["name"], c["axis"], c["before"], c["after"], c["kept"]) for c in changes] == [("gqa_out1", 1, 2, 1, [1])]
 
 
 def test_attention_consumes_the_channels_of_its_input():
@@ -255,3 +246,59 @@ def test_attention_consumes_the_channels_of_its_input():
     assert_groups(a, G(["inp"], ["att"], 6), G(["att"], ["proj"], 2), G(["proj"], [], 8, frozen=OUT.format("proj_out")))
     assert a.const_labels["wqkv"][0].tolist() == a.const_labels["w_in"][1].tolist()
     shrink_matches_mask(model)
+
+
+# ---- fused attention with KV caches: graph inputs and outputs shrink with their heads ---------------
+P = 3  # past sequence length
+
+
+def _mha_cache():
+    """MultiHeadAttention with past_key/past_value graph inputs [B, 2, P, 4] and present caches as graph
+    outputs [B, 2, P + S, 4]."""
+    b = _builder()
+    x = b.input("x", [B, S, 8])
+    q, k, v = (b.node("MatMul", [x, b.rand((8, 8), f"w{t}")], name=t) for t in "qkv")
+    past = [b.input(f"past_{t}", [B, 2, P, 4]) for t in ("key", "value")]
+    o, present_k, present_v = b.node("MultiHeadAttention", [q, k, v, "", "", "", *past], n_out=3, domain=MS,
+                                     name="mha", num_heads=2)  # fmt: skip
+    b.output(b.node("MatMul", [o, b.rand((8, 8), "wo")], name="proj"), [B, S, 8])
+    b.output(present_k, [B, 2, P + S, 4])
+    b.output(present_v, [B, 2, P + S, 4])
+    return b.model()
+
+
+def _attention_cache():
+    """Attention (packed QKV, 2 heads of 4) with a past graph input [2, B, 2, P, 4] and its present
+    output [2, B, 2, P + S, 4]."""
+    b = _builder()
+    x = b.input("x", [B, S, 8])
+    past = b.input("past", [2, B, 2, P, 4])
+    out, present = b.node("Attention", [x, b.rand((8, 24), "wqkv"), b.rand((24,), "bqkv"), "", past], n_out=2,
+                          domain=MS, name="att", num_heads=2)  # fmt: skip
+    b.output(b.node("MatMul", [out, b.rand((8, 8), "wo")], name="proj"), [B, S, 8])
+    b.output(present, [2, B, 2, P + S, 4])
+    return b.model()
+
+
+@pytest.mark.parametrize(("build", "caches", "axis"), [(_mha_cache, 4, 1), (_attention_cache, 2, 2)])
+def test_fused_kv_caches_shrink_with_their_heads(build, caches, axis):
+    model = build()
+    a = run_analysis(model)
+    heads = next(g for g in a.groups if g.prunable and g.unit.startswith("head"))
+    assert heads.size == 2 and len(heads.free) == 2
+    changes = cache_shrink_matches_mask(model, {heads.channels[1]}, batch=B)
+    assert len(changes) == caches
+    assert all(c["axis"] == axis and (c["before"], c["after"], c["kept"]) == (2, 1, [0]) for c in changes)
+    node = next(n for n in shrunk_model(model, a, {heads.channels[1]}).graph.node if n.op_type in ATTENTION)
+    assert attributes(node)["num_heads"] == 1
+
+
+def test_a_past_cache_computed_in_the_graph_still_freezes_the_heads():
+    """A past that is not the caller's (here: a constant) keeps its head count."""
+    model = _mha_cache()
+    past = next(i for i in model.graph.input if i.name == "past_key")
+    model.graph.input.remove(past)
+    model.graph.initializer.append(helper.make_tensor("past_key", 1, [B, 2, P, 4], np.zeros(B * 2 * P * 4).tolist()))
+    a = run_analysis(model)
+    group = next(g for g in a.groups if "q" in {p.node for p in g.producers})
+    assert not group.free and "reads 'past_key'" in group.frozen

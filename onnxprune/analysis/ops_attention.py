@@ -18,16 +18,22 @@ so the output positions that the next projection reads) leaves every other head'
   h // (num_heads / kv_num_heads); a KV head goes only with all its query heads (one unit per KV head).
 - RotaryEmbedding(x, position_ids, cos, sin): rotates pairs inside each head: transparent by whole heads.
 
-Past/present KV caches and per-head attention biases are run-time tensors with a head axis that the
-graph's caller feeds or reads: heads that reach them are frozen with that reason.
+Past/present KV caches are run-time tensors with a head axis that the graph's caller feeds or reads:
+a past cache that is a graph input and a present one that is a graph output shrink with their heads
+(IoDim rewrites, listed by the report as changed inputs/outputs; the caller feeds the kept heads).
+A per-head attention bias or a past cache computed inside the graph keeps its head count: heads
+that reach it are frozen with that reason.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .context import ConsumerRole, ProducerRole, Propagation
 from .labels import Unsupported, along, varying_axes
+from .ops_heads import adopt_graph_input
 from .rewrites import CountAttribute
 
 
@@ -67,18 +73,53 @@ def _blocks(line: np.ndarray, start: int, size: int, count: int) -> list[np.ndar
     return [line[start + h * size : start + (h + 1) * size] for h in range(count)]
 
 
-def _freeze_caches(p: Propagation, node, atoms: np.ndarray, inputs: list[int], outputs: list[int]) -> None:
-    """KV caches (past inputs, present outputs) and per-head biases keep their head count."""
-    for slot in inputs:
-        if slot < len(node.input) and node.input[slot]:
-            what = "with a head axis (KV cache or per-head bias), which the caller feeds at its present size"
-            p.freeze(atoms, f"{node.op_type} '{node.name}' reads '{node.input[slot]}' {what}")
+def _caches(p: Propagation, node, units: list[np.ndarray], atoms: np.ndarray, cache: _Cache) -> None:
+    """Past inputs and present outputs with a head axis (`cache.axis` of rank `cache.rank`: BNSH, or
+    [2, B, N, S, d] for Attention's packed past) shrink with their heads: a past cache fed by the
+    caller (a graph input, maybe through Identity/Cast, read by nothing else) takes the heads' labels
+    and the graph input shrinks (IoDim, ops_heads.adopt_graph_input); a present cache carries them on
+    (a graph output shrinks too: propagate._freeze_graph_outputs). Anything else with a head axis (a
+    past computed in the graph, a per-head attention bias) keeps its head count, and the heads freeze."""
+    heads = [int(u[u >= 0][0]) if (u >= 0).all() else -1 for u in units]
+    shape = [1] * cache.rank
+    shape[cache.axis] = len(heads)
+    ids = np.array(heads, dtype=np.int64).reshape(shape)
+    if -1 not in heads:
+        for atom in heads:
+            p.head_sizes.setdefault(atom, cache.head_size)
+    for slot in cache.inputs:
+        name = node.input[slot] if slot < len(node.input) else ""
+        if not name:
+            continue
+        if (
+            slot in cache.frozen
+            or -1 in heads
+            or p.rank(name) != cache.rank
+            or not adopt_graph_input(p, node, name, ids)
+        ):
+            what = "with a head axis (a KV cache computed in the graph, or a per-head bias) that is not rewritten"
+            p.freeze(atoms, f"{node.op_type} '{node.name}' reads '{name}' {what}")
             return
-    for slot in outputs:
+    for slot in cache.outputs:
         name = node.output[slot] if slot < len(node.output) else ""
         if name and (p.index.consumers.get(name) or name in p.index.output_names):
-            p.freeze(atoms, f"{node.op_type} '{node.name}' writes KV cache '{name}', whose heads are not rewritten")
-            return
+            if -1 in heads:
+                p.freeze(atoms, f"{node.op_type} '{node.name}' writes KV cache '{name}' with heads that cannot go")
+                return
+            p.set(name, ids)
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """Where a fused op keeps its KV caches: past input slots, present output slots, the head axis and
+    rank of both, the head size, and the input slots with a head axis that never shrinks (per-head bias)."""
+
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    axis: int
+    rank: int
+    head_size: int
+    frozen: tuple[int, ...] = ()
 
 
 def _per_head_bias(p: Propagation, node, slot: int) -> list[int]:
@@ -121,7 +162,8 @@ def attention(p: Propagation, node, attrs, opset) -> None:
     if inputs is not None:
         p.label_const(node.input[1], 0, inputs, node, 1)
         p.add_consumer(ConsumerRole(node.name, node.op_type, node.input[1], 0, node.input[0]))
-    _freeze_caches(p, node, atoms, [4, *_per_head_bias(p, node, 5)], [1])
+    bias_slots = _per_head_bias(p, node, 5)
+    _caches(p, node, units, atoms, _Cache((4, *bias_slots), (1,), 2, 5, d, tuple(bias_slots)))
     v_start = 2 * sizes[0]
     p.rewrite(_count(node, "num_heads", -1, node.input[1], 1, v_start, v_start + sizes[2], dv))
     if attrs.get("qkv_hidden_sizes"):
@@ -152,7 +194,9 @@ def multi_head_attention(p: Propagation, node, attrs, opset) -> None:
         if not p.index.is_constant(bias):
             raise Unsupported(f"bias '{bias}' is not a constant")
         p.label_const(bias, 0, np.concatenate([q, k, v]), node, 3)
-    _freeze_caches(p, node, np.concatenate([q, k, v]), [6, 7, *_per_head_bias(p, node, 5)], [1, 2])
+    bias_slots = _per_head_bias(p, node, 5)
+    cache = _Cache((6, 7, *bias_slots), (1, 2), 1, 4, d, tuple(bias_slots))
+    _caches(p, node, units, np.concatenate([q, k, v]), cache)
     p.rewrite(_count(node, "num_heads", -1, node.input[2], 2, 0, v_size, dv))
     p.set(node.output[0], v.reshape(1, 1, -1))
 
@@ -182,7 +226,9 @@ def group_query_attention(p: Propagation, node, attrs, opset) -> None:
     ]
     reason = f"GroupQueryAttention '{node.name}' mixes heads with positions that cannot be removed"
     _tie_units(p, node, units, reason, f"KV head of {d} with {share} query heads" if share > 1 else f"head of {d}")
-    _freeze_caches(p, node, np.concatenate([q, k, v]), [3, 4, *_per_head_bias(p, node, 10)], [1, 2])
+    bias_slots = _per_head_bias(p, node, 10)
+    cache = _Cache((3, 4, *bias_slots), (1, 2), 1, 4, d, tuple(bias_slots))
+    _caches(p, node, units, np.concatenate([q, k, v]), cache)
     p.rewrite(_count(node, "num_heads", -1, node.output[0], 2, 0, heads * d, d))
     source, start, stop = sources[0]
     p.rewrite(_count(node, "kv_num_heads", -1, source, 2, start, stop, d))
