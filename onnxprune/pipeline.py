@@ -174,6 +174,7 @@ def _prune(model, method: str, options: PruneOptions, calibration, validation_da
     with timer("load", model=str(model) if not isinstance(model, onnx.ModelProto) else "(in memory)") as stage:
         source = _Source.load(model)
         current = _prologue(source.model)
+        source = source.counted(current)
         stage.sizes.update(params=source.summary["params"], nodes=len(current.graph.node))
     methods = _methods(method)
     _check_options(methods, options)
@@ -280,10 +281,16 @@ class _Source:
         io.strip_internal_metadata(loaded)
         preflight.check_weights(loaded, str(model) if from_file else "model")
         preflight.check_runs(str(model) if from_file else model)
-        summary = {"params": io.count_params(loaded), "macs": model_macs(GraphIndex.build(loaded)), "bytes": size}
         reference = str(model) if from_file else model
         name = str(model) if from_file else "(in memory)"
-        return cls(loaded, reference, io.signature(loaded), name, summary)
+        return cls(loaded, reference, io.signature(loaded), name, {"bytes": size})
+
+    def counted(self, folded: onnx.ModelProto) -> _Source:
+        """With the parameters and MACs before pruning counted on `folded`, the model after _prologue, as
+        `inspect` and the counts after pruning see it: weights stored as integers and dequantized by plain
+        ops (Cast, Mul by a scale) count as the float weights they fold into, not as nothing."""
+        summary = {**self.summary, "params": io.count_params(folded), "macs": model_macs(GraphIndex.build(folded))}
+        return replace(self, summary=summary)
 
 
 def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:

@@ -230,3 +230,40 @@ def test_nodes_out_of_topological_order_are_sorted(tmp_path):
     loaded = load_model(path)
     assert [n.name for n in loaded.graph.node] != [n.name for n in shuffled.graph.node]
     assert_prunes(path, _feeds(model))
+
+
+def test_integer_weights_dequantized_by_plain_ops_count_as_parameters(tmp_path):
+    """Weights stored as int8 and dequantized by Cast and Mul (a weight-only quantized export) fold into
+    float weights; params_before counts them as `inspect` does (8*6 + 6 + 6*4 + 4 = 82), not as the 6 + 4
+    + 2 float biases and scales of the file, so pruning reports fewer parameters after, never more."""
+    from onnxprune.pipeline import inspect_model
+
+    rng = np.random.default_rng(3)
+    weights = [
+        make_tensor(rng.integers(-127, 128, shape).astype(np.int8), f"w{k}") for k, shape in enumerate([(8, 6), (6, 4)])
+    ]
+    scales = [make_tensor(np.array(0.02, np.float32), f"s{k}") for k in range(2)]
+    biases = [make_tensor(rng.standard_normal(n).astype(np.float32), f"b{k}") for k, n in enumerate([6, 4])]
+    nodes, x = [], "x"
+    for k in range(2):
+        nodes += [
+            helper.make_node("Cast", [f"w{k}"], [f"wf{k}"], to=onnx.TensorProto.FLOAT, name=f"cast{k}"),
+            helper.make_node("Mul", [f"wf{k}", f"s{k}"], [f"wd{k}"], name=f"dequant{k}"),
+            helper.make_node("MatMul", [x, f"wd{k}"], [f"m{k}"], name=f"mm{k}"),
+            helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"], name=f"add{k}"),
+        ]
+        if k == 0:
+            nodes.append(helper.make_node("Relu", ["a0"], ["r0"], name="relu0"))
+            x = "r0"
+    graph = helper.make_graph(
+        nodes, "int8", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("a1", onnx.TensorProto.FLOAT, ["N", 4])], [*weights, *scales, *biases],
+    )  # fmt: skip
+    path = _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "q.onnx"
+    )
+    assert count_params(load_model(path)) == 6 + 4 + 2
+    result = prune(path, "magnitude", PruneOptions(ratio=0.5), providers="cpu")
+    assert result.report["params_before"] == inspect_model(path)[1]["params"] == 8 * 6 + 6 + 6 * 4 + 4
+    assert result.report["params_after"] == 8 * 3 + 3 + 3 * 4 + 4
+    assert result.report["macs_before"] > result.report["macs_after"] > 0
