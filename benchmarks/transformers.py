@@ -406,7 +406,7 @@ def real_text(args) -> None:
                     start = time.perf_counter()
                     options = PruneOptions(ratio=ratio, include=args.include, extra=extra)
                     result = prune(str(variant), method=method, options=options,
-                                   calibration=str(Path(tmp) / "calib.npz"),
+                                   calibration=str(Path(tmp) / "calib.npz"), calib_samples=args.calib,
                                    validation_data=str(Path(tmp) / "check.npz"), providers="cpu")  # fmt: skip
                     seconds = time.perf_counter() - start
                     low, mean, agree = compare_embeddings(reference, sentence_embeddings(result.model, check))
