@@ -287,7 +287,7 @@ def test_measure_latency_ratio_refuses_a_bad_provider():
     [
         (0.48, 0.5, True, "met"),
         (0.54, 0.5, True, "within the 10% allowance"),
-        (0.60, 0.5, False, "missed by 20%; the runtime ran the pruned model 20% slower than the per-layer"),
+        (0.60, 0.5, False, "missed by 20%; the runtime ran the pruned model 20% slower than planned"),
         (0.70, 0.68, False, "missed by 40%; the allocation itself could not reach the target"),
         (0.70, None, False, "missed by 40%"),
     ],

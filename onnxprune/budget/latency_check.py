@@ -98,9 +98,8 @@ def check_latency_target(
         why = "the allocation itself could not reach the target (too few prunable channels, or frozen groups)"
     else:
         why = (
-            f"the runtime ran the pruned model {measured / predicted - 1:.0%} slower than the per-layer "
-            "tables predict (ops outside the timed layers, fusions or kernels that change with the widths, "
-            "or a busy machine)"
+            f"the runtime ran the pruned model {measured / predicted - 1:.0%} slower than planned (the plan "
+            "was timed while planning: a busy machine makes the two timings disagree; rerun on a quiet one)"
         )
     return False, f"{text}: missed by {missed:.0%}; {why}"
 
