@@ -87,20 +87,16 @@ def _caches(p: Propagation, node, units: list[np.ndarray], atoms: np.ndarray, ca
     if -1 not in heads:
         for atom in heads:
             p.head_sizes.setdefault(atom, cache.head_size)
-    for slot in cache.inputs:
+    for slot in (*cache.pasts, *_per_head_bias(p, node, cache.bias)):
         name = node.input[slot] if slot < len(node.input) else ""
         if not name:
             continue
-        if (
-            slot in cache.frozen
-            or -1 in heads
-            or p.rank(name) != cache.rank
-            or not adopt_graph_input(p, node, name, ids)
-        ):
+        adoptable = slot in cache.pasts and -1 not in heads and p.rank(name) == cache.rank
+        if not adoptable or not adopt_graph_input(p, node, name, ids):
             what = "with a head axis (a KV cache computed in the graph, or a per-head bias) that is not rewritten"
             p.freeze(atoms, f"{node.op_type} '{node.name}' reads '{name}' {what}")
             return
-    for slot in cache.outputs:
+    for slot in cache.presents:
         name = node.output[slot] if slot < len(node.output) else ""
         if name and (p.index.consumers.get(name) or name in p.index.output_names):
             if -1 in heads:
@@ -112,14 +108,14 @@ def _caches(p: Propagation, node, units: list[np.ndarray], atoms: np.ndarray, ca
 @dataclass(frozen=True)
 class _Cache:
     """Where a fused op keeps its KV caches: past input slots, present output slots, the head axis and
-    rank of both, the head size, and the input slots with a head axis that never shrinks (per-head bias)."""
+    rank of both, the head size, and the slot of its attention bias (per head: never shrinks)."""
 
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
+    pasts: tuple[int, ...]
+    presents: tuple[int, ...]
     axis: int
     rank: int
     head_size: int
-    frozen: tuple[int, ...] = ()
+    bias: int
 
 
 def _per_head_bias(p: Propagation, node, slot: int) -> list[int]:
@@ -162,8 +158,7 @@ def attention(p: Propagation, node, attrs, opset) -> None:
     if inputs is not None:
         p.label_const(node.input[1], 0, inputs, node, 1)
         p.add_consumer(ConsumerRole(node.name, node.op_type, node.input[1], 0, node.input[0]))
-    bias_slots = _per_head_bias(p, node, 5)
-    _caches(p, node, units, atoms, _Cache((4, *bias_slots), (1,), 2, 5, d, tuple(bias_slots)))
+    _caches(p, node, units, atoms, _Cache(pasts=(4,), presents=(1,), axis=2, rank=5, head_size=d, bias=5))
     v_start = 2 * sizes[0]
     p.rewrite(_count(node, "num_heads", -1, node.input[1], 1, v_start, v_start + sizes[2], dv))
     if attrs.get("qkv_hidden_sizes"):
@@ -194,8 +189,7 @@ def multi_head_attention(p: Propagation, node, attrs, opset) -> None:
         if not p.index.is_constant(bias):
             raise Unsupported(f"bias '{bias}' is not a constant")
         p.label_const(bias, 0, np.concatenate([q, k, v]), node, 3)
-    bias_slots = _per_head_bias(p, node, 5)
-    cache = _Cache((6, 7, *bias_slots), (1, 2), 1, 4, d, tuple(bias_slots))
+    cache = _Cache(pasts=(6, 7), presents=(1, 2), axis=1, rank=4, head_size=d, bias=5)
     _caches(p, node, units, np.concatenate([q, k, v]), cache)
     p.rewrite(_count(node, "num_heads", -1, node.input[2], 2, 0, v_size, dv))
     p.set(node.output[0], v.reshape(1, 1, -1))
@@ -226,8 +220,7 @@ def group_query_attention(p: Propagation, node, attrs, opset) -> None:
     ]
     reason = f"GroupQueryAttention '{node.name}' mixes heads with positions that cannot be removed"
     _tie_units(p, node, units, reason, f"KV head of {d} with {share} query heads" if share > 1 else f"head of {d}")
-    bias_slots = _per_head_bias(p, node, 10)
-    cache = _Cache((3, 4, *bias_slots), (1, 2), 1, 4, d, tuple(bias_slots))
+    cache = _Cache(pasts=(3, 4), presents=(1, 2), axis=1, rank=4, head_size=d, bias=10)
     _caches(p, node, units, np.concatenate([q, k, v]), cache)
     p.rewrite(_count(node, "num_heads", -1, node.output[0], 2, 0, heads * d, d))
     source, start, stop = sources[0]
