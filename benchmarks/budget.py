@@ -16,6 +16,7 @@ rendered pages, both on images not used for calibration. Times are wall seconds 
 machine's CPU (onnxruntime, CPU provider).
 
     python benchmarks/budget.py [--models mlp lenet5 resnet_digits ppocr_cls ppocr_det] [--macs 0.7 0.5 0.3]
+                                [--target-probes 4] [--target-samples N]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import onnx
 from PIL import Image, ImageDraw, ImageFont
 
 from onnxprune import PruneOptions, prune
-from onnxprune.methods.base import TARGET_SAMPLES, Target
+from onnxprune.methods.base import TARGET_PROBES, TARGET_SAMPLES, Target
 from onnxprune.runtime import run, session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +217,7 @@ def cell(case: Case, method: str, options: PruneOptions) -> tuple[float, float, 
     return quality(case, report), report["macs_after"] / report["macs_before"], seconds
 
 
-def table(case: Case, fractions: list[float]) -> None:
+def table(case: Case, fractions: list[float], probes: int = TARGET_PROBES, samples: int | None = None) -> None:
     dense = dense_quality(case)
     what = "test accuracy" if case.metric == "accuracy" else "output drift (relative L2; lower is better)"
     print(f"\n### {case.name} ({what}; dense {dense:.4f})\n", flush=True)
@@ -225,7 +226,7 @@ def table(case: Case, fractions: list[float]) -> None:
     print("|---|---|---|---|---|---|---|")
     for fraction in fractions:
         ratio = uniform_ratio(case, fraction)
-        target = Target("macs", fraction, samples=case.probe_samples)
+        target = Target("macs", fraction, probes=probes, samples=samples or case.probe_samples)
         results = [
             cell(case, "magnitude", PruneOptions(ratio=ratio)),
             cell(case, "magnitude", PruneOptions(target=target)),
@@ -242,12 +243,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "lenet5", "resnet_digits", "ppocr_cls", "ppocr_det"])
     parser.add_argument("--macs", nargs="+", type=float, default=[0.7, 0.5, 0.3])
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "onnxprune-bench")
+    parser.add_argument("--target-probes", type=int, default=TARGET_PROBES, help="output probes per group")
+    parser.add_argument("--target-samples", type=int, help="samples of each probe (default: the model's own)")
     args = parser.parse_args()
     cases = digits_cases()
     if any(n.startswith("ppocr") for n in args.models):
         cases.update(pretrained_cases(args.cache))
     for name in args.models:
-        table(cases[name], args.macs)
+        table(cases[name], args.macs, args.target_probes, args.target_samples)
 
 
 if __name__ == "__main__":
