@@ -10,9 +10,9 @@ Only the nodes the exposed tensors depend on run (computing). Nothing is kept be
 is one batch of activations plus whatever the accumulators hold (Hessians, sums).
 
 The exposed outputs of a batch are written into the arrays of the previous batch of the same input
-shapes (onnxruntime I/O binding): fresh output arrays cost a page fault per 4 KiB, which for the ~1 GB
-of activations a ResNet-50 batch exposes is half the time of the forward pass. An accumulator must
-therefore not keep the array it is given beyond its call.
+shapes, in chunks of samples when they are large (onnxprune.stats.runner: page faults otherwise cost
+as much as the forward pass). An accumulator must therefore not keep the array it is given beyond its
+call.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .. import runtime
 from ..errors import CalibrationError
 from ..feeds import Dataset
 from ..progress import bar
+from .runner import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def collect(
     output_names = [o.name for o in sess.get_outputs()]
     batches = data.batches(max(1, batch_size))
     total = (len(data) + batch_size - 1) // batch_size
-    runner = ReusedOutputs(sess)
+    runner = BatchRunner(sess)
     for batch in bar(batches, total, description, "batch", enabled=progress):
         values = dict(zip(output_names, runner(batch), strict=True))
         for name in names:
@@ -137,40 +138,3 @@ def finite(value: np.ndarray) -> bool:
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.sum(value)
     return bool(np.isfinite(total)) or bool(np.isfinite(value).all())
-
-
-class ReusedOutputs:
-    """Runs a session, writing its outputs into the arrays returned for the last batch of the same input
-    shapes. Falls back to plain runs for good when an output's shape depends on the data (onnxruntime
-    then refuses the bound array)."""
-
-    def __init__(self, sess) -> None:
-        self.sess = sess
-        self.inputs = [i.name for i in sess.get_inputs()]
-        self.outputs = [o.name for o in sess.get_outputs()]
-        self.bound: dict[tuple, tuple] = {}
-        # an output that is a graph input is handed back as the input itself, not written into a buffer
-        self.enabled = not set(self.inputs) & set(self.outputs)
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = {name: np.ascontiguousarray(feeds[name]) for name in self.inputs}
-        key = tuple((name, array.shape, array.dtype.str) for name, array in feeds.items())
-        if self.enabled and key in self.bound:
-            binding, arrays = self.bound[key]
-            for name, array in feeds.items():
-                binding.bind_cpu_input(name, array)
-            try:
-                self.sess.run_with_iobinding(binding)
-                return arrays
-            except Exception:  # an output shape changed with the data: no reuse from here on
-                self.enabled = False
-        values = self.sess.run(None, feeds)
-        if self.enabled and all(isinstance(v, np.ndarray) and v.dtype.kind in "fiub" for v in values):
-            self.bound[key] = (self._binding(values), values)
-        return values
-
-    def _binding(self, arrays: list[np.ndarray]):
-        binding = self.sess.io_binding()
-        for name, array in zip(self.outputs, arrays, strict=True):
-            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-        return binding
