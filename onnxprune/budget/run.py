@@ -30,6 +30,7 @@ from ..plan import PruningPlan
 from ..progress import bar
 from ..stats import Statistics
 from .allocate import Allocation, allocate
+from .cost_model import Counted, Measured
 from .costs import build_cost_model
 from .curves import OUTPUT_ERROR, calibrate, choices
 
@@ -136,9 +137,9 @@ def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
     """The allocation within `budget` and the method's plan for it. A counted cost is checked on the
     channels the plan removes (exact even where a group's channels hold unequal shares of an axis, after
     a Split); an overshoot tightens the budget by as much and allocates again (at most RETRIES times).
-    A measured cost (one with `measure`) is checked by timing (measured_allocation); its planned cost
+    A measured cost (cost_model.Measured) is checked by timing (measured_allocation); its planned cost
     is then the measured one."""
-    if getattr(costs, "measure", None) is not None:
+    if isinstance(costs, Measured):
         allocation, measured, rounds = measured_allocation(options_of, sizes, costs, budget)
         plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
         return allocation, plan, measured * costs.whole, rounds
@@ -146,8 +147,8 @@ def _allocate_and_decide(meth, ctx, options, options_of, sizes, costs, budget):
     while True:
         allocation = allocate(options_of, sizes, costs, goal)
         plan = meth.decide(replace(ctx, options=options.for_methods(allocation.kept(sizes))))
-        exact = getattr(costs, "of_removed", None)
-        planned = exact(plan.removed, ctx.analysis.num_channels) if exact else allocation.cost
+        counted = isinstance(costs, Counted)
+        planned = costs.of_removed(plan.removed, ctx.analysis.num_channels) if counted else allocation.cost
         if planned <= budget or attempt == RETRIES:
             return allocation, plan, planned, None
         goal, attempt = goal - (planned - budget), attempt + 1
