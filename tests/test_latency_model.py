@@ -341,3 +341,20 @@ def test_a_target_below_the_measured_floor_says_so():
     assert not met and "removing every channel the options allow measured 0.72 while planning" in line
     met, line = check_latency_target(0.5, 0.74, predicted=0.72, floor=0.5)  # reachable: the usual reason
     assert not met and "the allocation itself could not reach the target" in line
+
+
+def test_measure_reads_the_check_timer_not_the_tables_timer():
+    # the closed loop must aim at the statistic the written model is checked with (medians), so
+    # measure() times with check_timer; the tables' timer (fastest runs) is left alone
+    seen = []
+
+    def medians(runs):
+        seen.append([m.graph.initializer[1].dims[0] for m, _ in runs])  # c1's bias: 64 original channels
+        return [2.0, 1.5]
+
+    model = cost_model(cnn(), check_timer=medians)
+    tables = model.timer.calls
+    group = groups_by_producer(model)["c1"]
+    assert model.measure({group: 16}) == pytest.approx(0.75)
+    assert model.timer.calls == tables
+    assert seen == [[64, 16]]

@@ -79,6 +79,7 @@ from ..bench import check_batches
 from ..feeds import input_shapes
 from ..graph import GraphIndex
 from ..validate import random_feeds
+from .latency_check import CHECK_REPEATS, CHECK_WARMUP
 from .single_node import TIMED_OPS, LayerShape, layer_shape
 from .timing import OrtTimer, Timer, check_providers
 
@@ -136,7 +137,8 @@ class LatencyCostModel:
     `index` is the analysis's index: used as is when its input shapes are those at `batch`, else
     shapes are inferred again at `batch`. `providers`: names (["CPUExecutionProvider"]) or a choice
     ("cpu", "auto", "cuda"); `timer`
-    replaces the onnxruntime timer (tests pass a fake one); `shapes` sizes symbolic input dims like
+    replaces the onnxruntime timer of the tables (tests pass a fake one), `check_timer` the one of
+    `measure` (medians, as the written model's check); `shapes` sizes symbolic input dims like
     --input-shape. Building it times every layer table and the whole model (seconds to minutes);
     preferred widths are measured on first request per group.
     """
@@ -147,6 +149,7 @@ class LatencyCostModel:
     providers: str | Sequence[str] = "cpu"
     batch: int = 1
     timer: Timer | None = None
+    check_timer: Timer | None = None
     shapes: dict[str, tuple] | None = None
     calibrate: bool = True
     threads: int = 0
@@ -157,6 +160,10 @@ class LatencyCostModel:
         check_batches(self.model, [self.batch], "the model", "--latency-batch")
         if self.timer is None:
             self.timer = OrtTimer(self.providers, threads=self.threads)
+        if self.check_timer is None:
+            self.check_timer = OrtTimer(
+                self.providers, repeats=CHECK_REPEATS, warmup=CHECK_WARMUP, threads=self.threads, quantile=0.5
+            )
         shapes = input_shapes(self.model, self.batch, self.shapes, source=self.model)
         self._feeds = random_feeds(self.model, self.batch, shapes=shapes, source=self.model)
         self._concrete = self.index if _static_at(self.index, shapes) else _concrete_index(self.model, shapes)
@@ -269,10 +276,12 @@ class LatencyCostModel:
         return whole, 0.0, whole / full
 
     def measure(self, kept: Mapping[int, int]) -> float:
-        """The measured latency ratio of the model shrunk to `kept` against the original: one interleaved
-        call per CALIBRATION_CALLS, the fastest of each model's repeats, as the fit's own points."""
+        """The measured latency ratio of the model shrunk to `kept` against the original, by the statistic
+        the written model is checked with (latency_check: the medians of CHECK_REPEATS interleaved runs),
+        so that the closed loop aims at what the check reads; a busy machine moves a median more than the
+        fastest run the tables use."""
         runs = [(self.model, self._feeds), (_shrunk(self.model, self.analysis, kept), self._feeds)]
-        whole, pruned = np.min([self.timer(runs) for _ in range(CALIBRATION_CALLS)], axis=0).tolist()
+        whole, pruned = self.check_timer(runs)
         return pruned / whole
 
     # ---- preferred widths ---------------------------------------------------------------------

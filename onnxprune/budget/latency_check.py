@@ -22,6 +22,9 @@ from .timing import check_providers, interleaved, session
 
 #: a measured ratio may exceed the target by this share and still meet it (timing noise)
 SLACK = 0.10
+#: interleaved runs of each model behind the checked ratio (after CHECK_WARMUP untimed turns)
+CHECK_REPEATS = 30
+CHECK_WARMUP = 5
 
 
 def measure_latency_ratio(
@@ -29,8 +32,8 @@ def measure_latency_ratio(
     pruned: onnx.ModelProto | str,
     batch: int = 1,
     providers: str | Sequence[str] = "cpu",
-    repeats: int = 30,
-    warmup: int = 5,
+    repeats: int = CHECK_REPEATS,
+    warmup: int = CHECK_WARMUP,
     threads: int = 0,
     shapes: dict[str, tuple] | None = None,
     clock: Callable[[], float] = time.perf_counter,
