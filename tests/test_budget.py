@@ -427,3 +427,19 @@ def test_closed_loop_stops_when_nothing_more_can_go():
     allocation, measured, rounds = measured_allocation(options, sizes, model, 0.2 * model.whole)
     assert not allocation.reachable and allocation.removed == {0: 4, 1: 4}
     assert len(rounds) == 1 and measured == rounds[0]["measured"] == pytest.approx((16 + 8) / 32)
+
+
+def test_closed_loop_looks_past_a_correction_that_repeats_the_timed_choice():
+    """Counts move in steps of 4 channels: the line's small correction after a timing slightly too slow
+    gives the same counts again. The loop then asks for less than the tables price that choice at,
+    so it times a cheaper one (which meets the band) instead of stopping above the budget."""
+    from onnxprune.budget.run import HIGH, LOW, measured_allocation
+
+    sizes = {0: 32, 1: 32}
+    removed = np.arange(0, 33, 4)
+    options = {0: Options(removed, (removed / 32.0) ** 2), 1: Options(removed, 2 * (removed / 32.0) ** 2)}
+    model = MeasuredFakeCost({0: 2.0, 1: 1.0}, {0: 1.5, 1: 1.0}, sizes, fixed=0.0, true_fixed=4.0)
+    allocation, measured, rounds = measured_allocation(options, sizes, model, 0.7 * model.whole)
+    assert rounds[0]["measured"] > HIGH * 0.7  # the first choice misses
+    assert len(rounds) == 2 and LOW * 0.7 <= measured <= HIGH * 0.7
+    assert allocation.kept(sizes) != {0: 32, 1: 32}

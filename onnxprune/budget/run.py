@@ -46,6 +46,8 @@ LOW, HIGH = 0.85, 1.0
 #: the smallest goal (share of the model's time) the closed loop asks the allocator for; one step
 #: on a line at most halves the goal, and an interpolation stays this share of the bracket inside it
 MIN_GOAL, INSIDE = 0.01, 0.1
+#: how far below a repeated allocation's planned cost the next goal goes (relative)
+REPEAT_MARGIN = 1e-6
 #: points of each group's curve kept in the report (plus the chosen and the probed ones)
 REPORT_POINTS = 48
 
@@ -173,8 +175,9 @@ def measured_allocation(options_of, sizes, costs, budget: float) -> tuple[Alloca
     on both sides of w, linear interpolation between the nearest two (regula falsi, kept INSIDE the
     bracket); with points on one side only, the line through (1, 1) (nothing removed runs at the
     model's time) and the nearest point, p' = 1 - (1 - w)(1 - p) / (1 - f(p)), but at least p / 2.
-    At most CLOSED_LOOP timings, fewer when f(p) lies within [LOW, HIGH] x w, when nothing more can
-    be removed, or when the next allocation is one already timed.
+    At most CLOSED_LOOP rounds, fewer when f(p) lies within [LOW, HIGH] x w or when nothing more can
+    be removed. A goal whose allocation was timed already (the choices are discrete: a small correction
+    can give the same counts) is moved past it, see _past_repeat, and the loop stops when that fails.
     The result is the timed allocation within the band that removes least; else the one that measured
     below the band closest to w; else the fastest. Returns it, its measured ratio, and every timing
     (goal, planned and measured ratios) for the report."""
@@ -182,8 +185,12 @@ def measured_allocation(options_of, sizes, costs, budget: float) -> tuple[Alloca
     goal = wanted
     for _ in range(CLOSED_LOOP):
         allocation = allocate(options_of, sizes, costs, goal * costs.whole)
-        if any(t.allocation.removed == allocation.removed for t in tried):
-            break
+        seen = next((t for t in tried if t.allocation.removed == allocation.removed), None)
+        if seen is not None:  # the corrected goal gave a choice already timed: look past it once more
+            goal = _past_repeat(seen, tried, wanted, goal, costs.whole)
+            if goal is None:
+                break
+            continue
         tried.append(_Timed(goal, costs.measure(allocation.kept(sizes)), allocation))
         last = tried[-1]
         if LOW * wanted <= last.measured <= HIGH * wanted or (last.measured > wanted and not allocation.reachable):
@@ -212,6 +219,24 @@ def _next_goal(tried: list[_Timed], wanted: float) -> float:
         return max(MIN_GOAL, near.goal / 2)
     line = 1 - (1 - wanted) * (1 - near.goal) / (1 - near.measured)
     return min(1.0, max(MIN_GOAL, near.goal / 2, line))
+
+
+def _past_repeat(seen: _Timed, tried: list[_Timed], wanted: float, goal: float, whole: float) -> float | None:
+    """The next goal after `goal` repeated the allocation `seen`, or None to stop. Bracketed (timed
+    points on both sides of w): the midpoint of the nearest two goals, once (None when that is `goal`
+    itself). Only slower points: just below the tables' price of `seen`, so the allocator must choose a
+    cheaper one (within a budget b its choice costs at most b). Only faster points: None (the fastest
+    below the band is kept)."""
+    slow = [t for t in tried if t.measured > wanted]
+    fast = [t for t in tried if t.measured <= wanted]
+    if slow and fast:
+        hi, lo = min(slow, key=lambda t: t.measured), max(fast, key=lambda t: t.measured)
+        middle = (hi.goal + lo.goal) / 2
+        return None if abs(middle - goal) <= REPEAT_MARGIN * middle else middle
+    if seen.measured > wanted:
+        below = (1 - REPEAT_MARGIN) * seen.allocation.cost / whole
+        return below if below >= MIN_GOAL else None
+    return None
 
 
 def _closest(tried: list[_Timed], wanted: float) -> _Timed:
