@@ -1,6 +1,6 @@
 """prune(): the short composition the CLI and Python users call, and apply() that replays its plans.
 
-load -> prologue (fold constants, cleanup) -> per step: method pre-passes -> analyze -> decide ->
+load -> prologue (fold constants, normalize transposes, cleanup) -> per step: method pre-passes -> analyze -> decide ->
 shrink, cleanup, infer shapes, check -> (sparse storage) -> validate -> report.
 Several methods can be chained ("merge,obs"): each step analyzes the model the previous step left.
 """
@@ -33,6 +33,7 @@ from .methods.options import unused_options
 from .methods.registry import METHODS, get_method, methods_taking
 from .passes import CHECK, CLEANUP, PASSES, PassManager, shrink_pass
 from .passes.constfold import FOLD_CONSTANTS
+from .passes.reshaped_transpose import REWRITE_RESHAPED_TRANSPOSES
 from .passes.unshare import UNSHARE_CONSTANTS, UNSHARE_VECTORS
 from .plan import PlanFile, PlanStep, PruningPlan, fingerprint
 from .report import build_report, compose_io_changes, group_rows, io_changes, write_json
@@ -299,9 +300,11 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _prologue(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constants folded, shared shape vectors and small shared integer constants given a copy per
-    reader, dead nodes removed."""
-    return PassManager([FOLD_CONSTANTS, UNSHARE_VECTORS, UNSHARE_CONSTANTS, CLEANUP]).run(model)
+    """Constants folded, transposes written through a merged batch axis made one Transpose
+    (passes/reshaped_transpose.py), shared shape vectors and small shared integer constants given a copy
+    per reader, dead nodes removed."""
+    passes = [FOLD_CONSTANTS, REWRITE_RESHAPED_TRANSPOSES, UNSHARE_VECTORS, UNSHARE_CONSTANTS, CLEANUP]
+    return PassManager(passes).run(model)
 
 
 def _methods(method: str) -> list[Method]:
