@@ -40,7 +40,7 @@ from ..analysis import Group
 from ..layers import Layer, layer_weights, obs_layers, write_layer
 from ..plan import PruningPlan
 from ..progress import bar
-from ..stats import LayerStats, layer_waves
+from ..stats import LayerStats, downstream, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
 from .damage import LAYER_ERROR, GroupCurve, removable
@@ -180,6 +180,7 @@ class Consumer:
             "measured_error": measured,
             "relative_error": measured / energy if energy > 0 else 0.0,
             "damping": self.damping,
+            "target": "original" if self.stats.cross is None else "refit",
         }
 
 
@@ -285,9 +286,12 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             stats = ctx.stats.hessians(
                 ctx.model, needed, updates, settings.max_positions, settings.seed, description, samples
             )
+            moving = downstream(ctx.index, {n for run in waves[number:] for t in run for n in t.consumers})
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
-                consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
+                found = stats.pop(layer.node)
+                found = found.original() if layer.input in moving else found  # see _settled
+                consumers[layer.node] = Consumer.start(layer, m0, found, settings.damping)
                 consumers[layer.node].pending = uses[layer.node]
         for task in bar(wave, desc=f"obs groups {number + 1}/{len(waves)}", unit="group"):
             chosen, cost = prune_group(task, consumers, _step_size(task, consumers, forced))
