@@ -290,7 +290,7 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
                 found = stats.pop(layer.node)
-                found = found.original() if layer.input in moving else found  # see _settled
+                found = found.original() if layer.input in moving else found  # see _group_waves
                 consumers[layer.node] = Consumer.start(layer, m0, found, settings.damping)
                 consumers[layer.node].pending = uses[layer.node]
         for task in bar(wave, desc=f"obs groups {number + 1}/{len(waves)}", unit="group"):
@@ -317,7 +317,14 @@ def _group_waves(ctx: MethodContext, tasks: list[GroupTask], layers: dict[str, L
     makes a statistics pass per run of consecutive depths (obs_settings.stages, at most
     --sequential-passes), on the first --sequential-samples samples of the model with the earlier
     runs' compensation applied; each pass runs only the nodes its layers' inputs depend on
-    (stats.collect.computing) and collects only the consumers not started before."""
+    (stats.collect.computing) and collects only the consumers not started before.
+
+    A consumer is refit to the original output (LayerStats.target) only when its input is settled:
+    no layer upstream of it is compensated in this pass or a later one. Otherwise (a group read at
+    several depths, such as through a CSP or FPN Concat, or the later waves of a pass shared by
+    several) it keeps the original model's statistics: a refit would undo an input error that the
+    upstream layers' own compensation then removes as well, and the two corrections add up (on a
+    50-wave YOLO-style detector with 4 passes: drift 1.49 against 0.19 one-shot; 0.18 with this rule)."""
     used = [layers[n] for n in dict.fromkeys(n for t in tasks for n in t.consumers)]
     depth = {layer.node: k for k, wave in enumerate(layer_waves(ctx.index, used)) for layer in wave}
     waves: dict[int, list[GroupTask]] = {}
