@@ -132,7 +132,8 @@ def _two_depth_group():
 def test_a_consumer_whose_input_still_changes_keeps_the_original_statistics():
     """--sequential refits a consumer to the original output only from inputs no later compensation
     changes: g3's input depends on g2, compensated after the pass that collects g3, so g3 keeps the
-    original model's statistics (a refit there would correct an error that g2 then removes, twice).
+    original model's statistics, collected in the first pass (a refit there would correct an error
+    that g2 then removes, twice).
     g1, g2 and head read settled inputs and are refit."""
     model = _two_depth_group()
     data = {"x": np.random.default_rng(2).standard_normal((64, 6)).astype(np.float32)}
@@ -141,6 +142,8 @@ def test_a_consumer_whose_input_still_changes_keeps_the_original_statistics():
     step = result.report["steps"][0]
     targets = {note["layer"]: note["target"] for note in step["layers"]}
     assert targets == {"g1": "original", "g2": "refit", "g3": "original", "head": "refit"}
+    passes = [p["layers"] for p in result.report["statistics"] if p["kind"] == "hessian"]
+    assert passes == [2, 1, 1]  # g3 is collected with g1, on the original model
     g3 = obs_layers(GraphIndex.build(model))[0]["g3"]
     changed = {k: v for k, v in result.plans[0].updates.items() if k.startswith("g3.")}
     z0, z1 = (layer_rows(m, data, g3) for m in (model, with_updates(model, changed)))

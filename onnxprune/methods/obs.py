@@ -277,8 +277,10 @@ def _decide(ctx: MethodContext) -> PruningPlan:
     removed: set[int] = set()
     scores: dict[int, float] = {}
     passes = 0
+    early = _unsettled(ctx, waves, layers)
     for number, wave in enumerate(waves):
         needed = [layers[n] for n in dict.fromkeys(n for t in wave for n in t.consumers) if n not in consumers]
+        needed += early if number == 0 else []
         if needed:
             passes += 1
             description = f"obs statistics {number + 1}/{len(waves)}"
@@ -286,12 +288,9 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             stats = ctx.stats.hessians(
                 ctx.model, needed, updates, settings.max_positions, settings.seed, description, samples
             )
-            moving = downstream(ctx.index, {n for run in waves[number:] for t in run for n in t.consumers})
             for layer in needed:
                 m0 = layer_weights(ctx.index, layer)
-                found = stats.pop(layer.node)
-                found = found.original() if layer.input in moving else found  # see _group_waves
-                consumers[layer.node] = Consumer.start(layer, m0, found, settings.damping)
+                consumers[layer.node] = Consumer.start(layer, m0, stats.pop(layer.node), settings.damping)
                 consumers[layer.node].pending = uses[layer.node]
         for task in bar(wave, desc=f"obs groups {number + 1}/{len(waves)}", unit="group"):
             chosen, cost = prune_group(task, consumers, _step_size(task, consumers, forced))
@@ -322,15 +321,31 @@ def _group_waves(ctx: MethodContext, tasks: list[GroupTask], layers: dict[str, L
     A consumer is refit to the original output (LayerStats.target) only when its input is settled:
     no layer upstream of it is compensated in this pass or a later one. Otherwise (a group read at
     several depths, such as through a CSP or FPN Concat, or the later waves of a pass shared by
-    several) it keeps the original model's statistics: a refit would undo an input error that the
-    upstream layers' own compensation then removes as well, and the two corrections add up (on a
-    50-wave YOLO-style detector with 4 passes: drift 1.49 against 0.19 one-shot; 0.18 with this rule)."""
+    several) it keeps the original model's statistics, collected in the first pass (_unsettled): a
+    refit would undo an input error that the upstream layers' own compensation then removes as well,
+    and the two corrections add up (on a 50-wave YOLO-style detector with 4 passes: drift 1.49
+    against 0.19 one-shot; 0.18 with this rule)."""
     used = [layers[n] for n in dict.fromkeys(n for t in tasks for n in t.consumers)]
     depth = {layer.node: k for k, wave in enumerate(layer_waves(ctx.index, used)) for layer in wave}
     waves: dict[int, list[GroupTask]] = {}
     for task in tasks:
         waves.setdefault(min(depth[n] for n in task.consumers), []).append(task)
     return [waves[k] for k in sorted(waves)]
+
+
+def _unsettled(ctx: MethodContext, runs: list[list[GroupTask]], layers: dict[str, Layer]) -> list[Layer]:
+    """The consumers first needed by a run after the first while a layer upstream of their input is
+    still to be compensated (by that run or a later one): they take the original model's statistics,
+    collected with the first run's (see _group_waves), and later passes skip them."""
+    first: dict[str, int] = {}
+    for number, run in enumerate(runs):
+        for name in (n for t in run for n in t.consumers):
+            first.setdefault(name, number)
+    out = []
+    for number in range(1, len(runs)):
+        moving = downstream(ctx.index, {n for run in runs[number:] for t in run for n in t.consumers})
+        out += [layers[n] for n, k in first.items() if k == number and layers[n].input in moving]
+    return out
 
 
 def _damage(ctx: MethodContext) -> dict[int, GroupCurve]:

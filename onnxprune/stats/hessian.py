@@ -164,10 +164,6 @@ class LayerStats:
             out[rows] += (inverse[g] @ shift).T
         return out
 
-    def original(self) -> LayerStats:
-        """The reference model's statistics alone (H_ref, no target): what one-shot statistics give."""
-        return self if self.reference is None else LayerStats(self.reference)
-
     def error(self, new: np.ndarray, old: np.ndarray, row_group: np.ndarray) -> float:
         """1/(2n) ||X~ W_new^T - X~_ref W_old^T||^2 (X~_ref = X~ without a reference)."""
         if self.cross is None:
