@@ -308,3 +308,34 @@ def test_inverse_and_root_give_the_pseudo_inverse_and_a_square_root_of_it(rank):
     inverse, root = inverse_and_root(h)
     np.testing.assert_allclose(inverse, np.linalg.pinv(h), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(root @ root.T, inverse, rtol=1e-6, atol=1e-8)
+
+
+def _paired(working: np.ndarray, reference: np.ndarray) -> LayerStats:
+    """LayerStats of rows [n, d] (a bias column of ones appended) of a working and a reference input."""
+    x, y = (np.hstack([r, np.ones((len(r), 1))]) for r in (working, reference))
+    n = len(x)
+    return LayerStats((x.T @ x / n)[None], (x.T @ y / n)[None], (y.T @ y / n)[None])
+
+
+def test_the_refit_target_keeps_the_weights_where_the_inputs_agree():
+    """Fewer rows than inputs (H singular, damped): the refit is centred on w, so equal working and
+    reference inputs (C = H) leave w as it is; (H + lambda I)^-1 C w would shrink w where no row reaches."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((5, 8))
+    stats = _paired(rows, rows)
+    m = rng.standard_normal((3, 9))
+    prep = prepare(stats.hessian, 0.01)
+    np.testing.assert_allclose(stats.target(m, prep.inverse, np.zeros(3, dtype=int)), m, rtol=1e-9, atol=1e-9)
+
+
+def test_the_refit_target_is_the_least_squares_fit_of_the_reference_output():
+    """Without damping and with enough rows: w* = argmin ||X~ v - X~_ref w|| (the sequential target)."""
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal((200, 6))
+    working = reference + 0.3 * rng.standard_normal((200, 6))
+    stats = _paired(working, reference)
+    m = rng.standard_normal((2, 7))
+    target = stats.target(m, prepare(stats.hessian, 0.0).inverse, np.zeros(2, dtype=int))
+    x, y = (np.hstack([r, np.ones((200, 1))]) for r in (working, reference))
+    expected = np.linalg.lstsq(x, y @ m.T, rcond=None)[0].T
+    np.testing.assert_allclose(target, expected, rtol=1e-6, atol=1e-8)

@@ -128,9 +128,10 @@ def choose_sequential(requested: bool | None, waves: int) -> bool:
     (benchmarks/obs_sequential.py) the 2-wave MLP is within 0.2 points either way, while 4-wave
     LeNet-5 gains 1-5 points and the 5-wave ResNet-style model 37-59 points with sequential statistics.
     Beyond AUTO_MAX_WAVES it is off: on the one deep real model measured, a 50-wave YOLO-style detector
-    at 20%, sequential statistics in 4 passes drifted 1.24 against one-shot's 0.19 (cause not yet
-    known: the merged passes, or 32 calibration images for 1,000-1,700-wide consumers), so the default
-    does not reach that far until it is measured to help there (benchmarks/RESULTS_obs.md)."""
+    at 20%, sequential statistics in 4 passes drifted 1.24 against one-shot's 0.19 (benchmarks/RESULTS_obs.md).
+    The cause was found later: consumers refit while layers upstream of them were still to be
+    compensated (corrected twice; obs._group_waves now keeps their original statistics), and a refit
+    target that shrank weights towards 0 where the calibration rows were few (LayerStats.target)."""
     if requested is not None:
         return requested
     return AUTO_MIN_WAVES <= waves <= AUTO_MAX_WAVES

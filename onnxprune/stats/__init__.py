@@ -12,7 +12,7 @@ patches     im2col of a Conv input, in the order of its weight
 
 from .activity import InputStats, Range, input_ranges, layer_statistics
 from .collect import CollectSettings, collect
-from .hessian import LayerStats, collect_on_updated, collect_stats, layer_waves
+from .hessian import LayerStats, collect_on_updated, collect_stats, downstream, layer_waves
 from .probe import OutputProbe
 from .provider import KINDS, Statistics
 
@@ -29,5 +29,6 @@ __all__ = [
     "collect_stats",
     "input_ranges",
     "layer_statistics",
+    "downstream",
     "layer_waves",
 ]

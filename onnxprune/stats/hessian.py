@@ -144,14 +144,24 @@ class LayerStats:
     reference: np.ndarray | None = None
 
     def target(self, m: np.ndarray, inverse: np.ndarray, row_group: np.ndarray) -> np.ndarray:
-        """The dense weights that best reproduce the reference output from the working inputs:
-        w*_r = H^-1 C w_r (H^-1 of the damped H); `m` itself without a reference."""
+        """The dense weights that best reproduce the reference output from the working inputs, as a
+        ridge regression centred on the given weights w_r (not on 0):
+
+            w*_r = argmin_v 1/n ||X~ v - X~_ref w_r||^2 + lambda ||v - w_r||^2
+                 = w_r + (H + lambda I)^-1 (C - H) w_r
+
+        (`inverse`: the damped (H + lambda I)^-1). Where the working inputs equal the reference ones
+        (C = H) the weights stay as they are; the damping only limits how far the refit moves them in
+        directions the calibration rows barely span (with fewer rows than inputs, (H + lambda I)^-1 H w
+        would shrink those components of w towards 0, an error on every other input). `m` itself
+        without a reference."""
+        out = np.array(m, dtype=np.float64)
         if self.cross is None:
-            return np.array(m, dtype=np.float64)
-        out = np.empty(m.shape)
+            return out
         for g in range(len(self.hessian)):
             rows = row_group == g
-            out[rows] = (inverse[g] @ (self.cross[g] @ m[rows].T)).T
+            shift = (self.cross[g] - self.hessian[g]) @ out[rows].T
+            out[rows] += (inverse[g] @ shift).T
         return out
 
     def error(self, new: np.ndarray, old: np.ndarray, row_group: np.ndarray) -> float:
@@ -311,6 +321,15 @@ def collect_on_updated(
     the original model's (the target of --sequential)."""
     working = with_updates(model, updates) if updates else model
     return collect_stats(working, layers, data, model if updates else None, settings, description)
+
+
+def downstream(index: GraphIndex, nodes: set[str]) -> set[str]:
+    """The tensors whose values depend on the outputs of the nodes named `nodes` (those outputs included)."""
+    moving: set[str] = set()
+    for node in index.nodes:
+        if node.name in nodes or any(i in moving for i in node.input if i):
+            moving.update(node.output)
+    return moving
 
 
 def layer_waves(index: GraphIndex, layers: list[Layer]) -> list[list[Layer]]:
