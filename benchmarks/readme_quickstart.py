@@ -5,9 +5,10 @@ A ```bash block followed directly by a ```text block is a quoted run: its comman
 one scratch folder holding a copy of models/, and their stdout is compared line by line with the text
 block. What varies from run to run is masked on both sides: the `seconds` summary line, the timing of
 the sweep's `model` header line, and the `latency` and `seconds` columns of a table whose header names
-them. Exit 1 when a quoted output differs.
+them. Exit 1 when a quoted output differs. `--write`: replace every quoted output that differs with
+what this run printed (then review the README's prose that quotes those numbers).
 
-    python benchmarks/readme_quickstart.py [README.md]
+    python benchmarks/readme_quickstart.py [--write] [README.md]
 """
 
 from __future__ import annotations
@@ -71,8 +72,11 @@ def run(commands: list[str], folder: Path) -> str:
 
 
 def main() -> None:
-    readme = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "README.md").read_text()
-    failed = 0
+    args = [a for a in sys.argv[1:] if a != "--write"]
+    write = len(args) < len(sys.argv) - 1
+    path = Path(args[0] if args else ROOT / "README.md")
+    readme = path.read_text()
+    failed, updated = 0, readme
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         shutil.copytree(ROOT / "models", folder / "models")
@@ -86,7 +90,12 @@ def main() -> None:
                 for a, b in zip(want + [""] * len(got), got + [""] * len(want), strict=False):
                     if a != b:
                         print(f"  quoted : {a}\n  printed: {b}")
-    sys.exit(1 if failed else 0)
+                if write:
+                    updated = updated.replace(f"```text\n{quoted}```", f"```text\n{printed}```", 1)
+    if write and updated != readme:
+        path.write_text(updated)
+        print(f"wrote the printed outputs into {path}")
+    sys.exit(1 if failed and not write else 0)
 
 
 if __name__ == "__main__":

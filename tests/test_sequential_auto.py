@@ -12,7 +12,14 @@ from onnxprune.feeds import Dataset
 from onnxprune.graph import GraphIndex
 from onnxprune.io import make_tensor, tensor_array
 from onnxprune.layers import obs_layers, with_updates
-from onnxprune.methods.obs_settings import AUTO_MAX_WAVES, AUTO_MIN_WAVES, choose_sequential, stages
+from onnxprune.methods.obs_settings import (
+    AUTO_MAX_WAVES,
+    AUTO_MIN_WAVES,
+    DEEP_PASSES,
+    choose_sequential,
+    sequential_passes,
+    stages,
+)
 from onnxprune.stats import CollectSettings
 from onnxprune.stats.collect import computing
 from onnxprune.stats.hessian import collect_stats, input_rows
@@ -21,10 +28,19 @@ from onnxprune.stats.hessian import collect_stats, input_rows
 @pytest.mark.parametrize(
     ("requested", "waves", "expected"),
     [(None, 1, False), (None, AUTO_MIN_WAVES - 1, False), (None, AUTO_MIN_WAVES, True), (None, AUTO_MAX_WAVES, True),
-     (None, AUTO_MAX_WAVES + 1, False), (None, 50, False), (True, 1, True), (True, 50, True), (False, 5, False)],
+     (None, AUTO_MAX_WAVES + 1, True), (None, 50, True), (True, 1, True), (True, 50, True), (False, 5, False)],
 )  # fmt: skip
-def test_the_default_is_sequential_within_the_auto_depths(requested, waves, expected):
+def test_the_default_is_sequential_from_the_auto_depth_on(requested, waves, expected):
     assert choose_sequential(requested, waves) is expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "waves", "expected"),
+    [(None, AUTO_MIN_WAVES, 0), (None, AUTO_MAX_WAVES, 0), (None, AUTO_MAX_WAVES + 1, DEEP_PASSES),
+     (None, 50, DEEP_PASSES), (0, 50, 0), (2, 5, 2)],
+)  # fmt: skip
+def test_the_default_passes_are_one_per_wave_then_capped_on_deep_networks(requested, waves, expected):
+    assert sequential_passes(requested, waves) == expected
 
 
 @pytest.mark.parametrize(("count", "passes", "sizes"), [(10, 4, [2, 3, 3, 2]), (3, 4, [1, 1, 1]), (5, 0, [1] * 5)])

@@ -44,7 +44,7 @@ from ..stats import LayerStats, downstream, layer_waves
 from ..stats.linalg import PRECISE_WIDTH, inverse_and_root, prepare
 from .base import Method, MethodContext
 from .damage import LAYER_ERROR, GroupCurve, removable
-from .obs_settings import SHARED_OPTIONS, Settings, choose_sequential, stages
+from .obs_settings import SHARED_OPTIONS, Settings, choose_sequential, sequential_passes, stages
 from .options import MethodOption
 from .select import keep_count, repair_empty
 
@@ -270,7 +270,8 @@ def _decide(ctx: MethodContext) -> PruningPlan:
             tasks.append(task)
     depth_waves = _group_waves(ctx, tasks, layers)
     sequential = choose_sequential(settings.sequential, len(depth_waves))
-    waves = stages(depth_waves, settings.sequential_passes) if sequential else [tasks]
+    limit = sequential_passes(settings.sequential_passes, len(depth_waves))
+    waves = stages(depth_waves, limit) if sequential else [tasks]
     uses = Counter(name for task in tasks for name in task.consumers)
     consumers: dict[str, Consumer] = {}
     updates: dict[str, np.ndarray] = {}

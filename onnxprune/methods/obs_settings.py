@@ -14,10 +14,12 @@ MODES = ("auto", "exact", "faithful", "sparsegpt")
 ALLOCATIONS = ("layer", "global", "output")
 BATCHNORM = ("absorb", "ignore")
 
-#: --sequential's default for obs: on when the groups to prune lie in at least AUTO_MIN_WAVES and at
-#: most AUTO_MAX_WAVES waves (the range where it was measured to help; choose_sequential says why)
+#: --sequential's default for obs: on when the groups to prune lie in at least AUTO_MIN_WAVES waves;
+#: --sequential-passes' default: one pass per wave up to AUTO_MAX_WAVES waves, DEEP_PASSES beyond
+#: (choose_sequential and sequential_passes say why)
 AUTO_MIN_WAVES = 3
 AUTO_MAX_WAVES = 8
+DEEP_PASSES = 4
 
 #: the options of lobs and obs alike
 SHARED_OPTIONS = (
@@ -30,16 +32,17 @@ SHARED_OPTIONS = (
         "sequential",
         None,
         "lobs/obs: collect each layer's statistics on the model already pruned before it, so errors do not "
-        "compound (more passes). Default for obs: on when the groups to prune lie in "
-        f"{AUTO_MIN_WAVES} to {AUTO_MAX_WAVES} waves (a wave: layers whose inputs depend only on earlier waves), "
-        "off otherwise (on a 50-wave detector it was measured to hurt); lobs: off",
+        "compound (more passes). Default for obs: on when the groups to prune lie in at least "
+        f"{AUTO_MIN_WAVES} waves (a wave: layers whose inputs depend only on earlier waves), off for fewer; "
+        "lobs: off",
         is_flag=True,
     ),
     MethodOption(
         "--sequential-passes",
         "sequential_passes",
-        0,
-        "obs --sequential: at most this many statistics passes (consecutive waves share one); 0 = one per wave",
+        None,
+        "obs --sequential: at most this many statistics passes (consecutive waves share one); 0 = one per wave. "
+        f"Default: one per wave up to {AUTO_MAX_WAVES} waves, {DEEP_PASSES} beyond",
         int,
         minimum=0,
         minimum_hint="0 makes one pass per wave",
@@ -76,7 +79,7 @@ class Settings:
     max_error: float | None
     damping: float
     sequential: bool | None  # None: auto (obs: choose_sequential; lobs: off)
-    sequential_passes: int
+    sequential_passes: int | None  # None: auto (sequential_passes)
     sequential_samples: int | None
     max_positions: int | None
     seed: int
@@ -123,18 +126,28 @@ class Settings:
 
 
 def choose_sequential(requested: bool | None, waves: int) -> bool:
-    """--sequential as given, or by default (None): on when the groups to prune lie in AUTO_MIN_WAVES to
-    AUTO_MAX_WAVES waves. The errors of one-shot pruning compound with depth: on the sample models
+    """--sequential as given, or by default (None): on when the groups to prune lie in at least
+    AUTO_MIN_WAVES waves. The errors of one-shot pruning compound with depth: on the sample models
     (benchmarks/obs_sequential.py) the 2-wave MLP is within 0.2 points either way, while 4-wave
-    LeNet-5 gains 1-5 points and the 5-wave ResNet-style model 37-59 points with sequential statistics.
-    Beyond AUTO_MAX_WAVES it is off: on the one deep real model measured, a 50-wave YOLO-style detector
-    at 20%, sequential statistics in 4 passes drifted 1.24 against one-shot's 0.19 (benchmarks/RESULTS_obs.md).
-    The cause was found later: consumers refit while layers upstream of them were still to be
-    compensated (corrected twice; obs._group_waves now keeps their original statistics), and a refit
-    target that shrank weights towards 0 where the calibration rows were few (LayerStats.target)."""
+    LeNet-5 gains 1 point and the 5-wave ResNet-style model 37 points with sequential statistics; on
+    ddddocr's 50-wave YOLO-style detector at 20% the output drift is 0.172 in 4 passes against
+    one-shot's 0.192 (0.156 with one pass per wave). Until consumers refit while layers upstream of them
+    were still to be compensated kept their original statistics (corrected twice; obs._group_waves),
+    and the refit target was centred on the weights (LayerStats.target), 4 passes drifted 1.24 there
+    and the default stopped at 8 waves."""
     if requested is not None:
         return requested
-    return AUTO_MIN_WAVES <= waves <= AUTO_MAX_WAVES
+    return waves >= AUTO_MIN_WAVES
+
+
+def sequential_passes(requested: int | None, waves: int) -> int:
+    """--sequential-passes as given, or by default (None): 0 (one pass per wave) up to AUTO_MAX_WAVES
+    waves, DEEP_PASSES beyond. One pass per wave costs a paired pass (both models up to that depth) per
+    wave: 2x the one-shot prune on the 5-wave ResNet-style model, 7x on the 45-wave detector, where 4
+    passes cost 1.9x and keep most of the gain (drift 0.172 vs 0.156, one-shot 0.192)."""
+    if requested is not None:
+        return requested
+    return 0 if waves <= AUTO_MAX_WAVES else DEEP_PASSES
 
 
 def stages(waves: list, passes: int) -> list[list]:
