@@ -105,3 +105,18 @@ def test_a_model_of_fixed_batch_size_runs_whole_batches():
         data = np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)
         np.testing.assert_array_equal(runner({"x": data})[0], np.maximum(data, 0))
     assert counting.samples == [2, 4, "bound"]  # the probe is refused: whole batches, still written in place
+
+
+def test_outputs_that_cannot_be_written_in_place_run_once_per_batch():
+    # a string output cannot be bound to a reused array: plain runs, and the first batch is not run twice
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.STRING, ["n", 3])
+    graph = oh.make_graph([oh.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.STRING)], "g", [x], [y])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
+    counting = _Counting(runtime.session(model))
+    runner = BatchRunner(counting)
+    data = np.arange(18, dtype=np.float32).reshape(6, 3)
+    for _ in range(2):
+        (strings,) = runner({"x": data})
+        assert strings.shape == (6, 3) and strings[1, 0] == "3"
+    assert counting.samples == [2, 6, 6]  # the probe, then one run per batch

@@ -50,28 +50,27 @@ class BatchRunner:
         try:
             if key in self.plans:
                 return self.plans[key].run(feeds)
-            plan = self._plan(feeds)
+            values, plan = self._plan(feeds)
         except Exception:  # an output shape changed with the data: no reuse from here on
             self.enabled = False
             self.plans.clear()
             return self.sess.run(None, feeds)
-        if plan is None:
+        if plan is None:  # outputs that cannot be written in place (strings, sequences): plain runs from here
             self.enabled = False
-            return self.sess.run(None, feeds)
-        self.plans[key] = plan
-        return plan.arrays
+        else:
+            self.plans[key] = plan
+        return values
 
-    def _plan(self, feeds: dict[str, np.ndarray]) -> _Plan | None:
-        """Run the first batch of these shapes and keep its arrays (None: they cannot be reused)."""
+    def _plan(self, feeds: dict[str, np.ndarray]) -> tuple[list, _Plan | None]:
+        """Run the first batch of these shapes: its outputs, and the plan that keeps their arrays (None:
+        they cannot be reused)."""
         samples = _samples(feeds)
         if samples is not None and samples > 2:
             plan = self._chunked(feeds, samples)
             if plan is not None:
-                return plan
+                return plan.arrays, plan
         values = self.sess.run(None, feeds)
-        if not _reusable(values):
-            return None
-        return _Plan(self.sess, self.outputs, values, None)
+        return values, _Plan(self.sess, self.outputs, values, None) if _reusable(values) else None
 
     def _chunked(self, feeds: dict[str, np.ndarray], samples: int) -> _Plan | None:
         """Run the batch in chunks when its outputs are large and follow the batch: a probe of samples
