@@ -155,6 +155,21 @@ def small_cnn(opset: int = 17, dtype=np.float32, spatial=(6, 6), batch="N") -> o
     return b.model(ir_version=ir)
 
 
+def conv_gemm() -> onnx.ModelProto:
+    """image [N, 2, 5, 5] -> Conv 3x3 (3 channels, output "conv_out") -> Relu -> Flatten -> Gemm 75 -> 4."""
+    b = Builder(seed=0)
+    x = b.input("image", ["N", 2, 5, 5])
+    y = b.relu(b.conv(x, 2, 3, 3, name="conv"))
+    y = b.node("Flatten", [y], axis=1)
+    b.output(b.gemm(y, 75, 4, trans_b=1, name="fc"))
+    return b.model()
+
+
+def conv_gemm_images(n: int, seed: int = 0) -> np.ndarray:
+    """n random inputs of conv_gemm."""
+    return np.random.default_rng(seed).standard_normal((n, 2, 5, 5)).astype(np.float32)
+
+
 # ---- analysis summaries ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GroupView:

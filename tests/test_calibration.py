@@ -7,26 +7,14 @@ import onnx
 import onnx.helper as oh
 import onnxruntime
 import pytest
-from graphs import Builder
+from graphs import conv_gemm as _model
+from graphs import conv_gemm_images as _images
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxprune import PruneOptions, prune, runtime
 from onnxprune.errors import CalibrationError
 from onnxprune.feeds import Dataset, load_dataset
 from onnxprune.stats.collect import collect
-
-
-def _model() -> onnx.ModelProto:
-    b = Builder(seed=0)
-    x = b.input("image", ["N", 2, 5, 5])
-    y = b.relu(b.conv(x, 2, 3, 3, name="conv"))
-    y = b.node("Flatten", [y], axis=1)
-    b.output(b.gemm(y, 75, 4, trans_b=1, name="fc"))
-    return b.model()
-
-
-def _images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 2, 5, 5)).astype(np.float32)
 
 
 class DigitsReader(CalibrationDataReader):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx.helper as oh
-from graphs import Builder
+from graphs import conv_gemm
+from graphs import conv_gemm_images as _images
 
 from onnxprune import runtime
 from onnxprune.stats.collect import with_outputs
@@ -13,17 +14,8 @@ from onnxprune.stats.runner import BatchRunner
 
 
 def _exposed() -> onnx.ModelProto:
-    """Conv -> Relu -> Flatten -> Gemm with the Relu output exposed (a batch-major tensor of 75 values)."""
-    b = Builder(seed=0)
-    x = b.input("image", ["N", 2, 5, 5])
-    y = b.relu(b.conv(x, 2, 3, 3, name="conv"))
-    flat = b.node("Flatten", [y], axis=1)
-    b.output(b.gemm(flat, 75, 4, trans_b=1, name="fc"))
-    return with_outputs(b.model(), [y])
-
-
-def _images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 2, 5, 5)).astype(np.float32)
+    """conv_gemm with its Conv output exposed (a batch-major tensor of 75 values)."""
+    return with_outputs(conv_gemm(), ["conv_out"])
 
 
 class _Counting:
